@@ -1,0 +1,337 @@
+//! Wires source → store → delivery, owns the tasks and the shutdown.
+//!
+//! Start-up is all-or-nothing: the config is valid, every preflight check
+//! passes, the store opens (and is ours alone), the publication and then the
+//! slot exist; only then do tasks start. Any task failing stops the others;
+//! the error that caused it (not the knock-on "store writer stopped") is what
+//! is reported and decides the exit code.
+//!
+//! Shutdown (SIGTERM/SIGINT cancel the token): capture stops reading, waits
+//! for the writer to make everything durable and sends the final LSN;
+//! delivery workers stop taking events and finish in-flight requests within
+//! `delivery.shutdown_grace`; the writer drains its queue and exits when
+//! capture drops its sender.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::delivery::{Deliveries, DeliveryError};
+use crate::event::mapping::FormMapper;
+use crate::exit;
+use crate::source::capture::{heartbeat, Capture};
+use crate::source::setup::{self, CheckLine};
+use crate::source::{ConnParams, SourceError};
+use crate::store::{Append, Store, StoreError};
+
+/// Items queued between capture and the store writer. Each item is at most
+/// one chunk (≈2 MB or 1024 events), so this bounds that queue's memory.
+const WRITER_QUEUE_ITEMS: usize = 8;
+
+/// The writer groups what is queued into one SQLite transaction (one fsync)
+/// up to this many items.
+const GROUP_COMMIT_ITEMS: usize = 64;
+
+/// How often retention cleanup runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Every error that can end walhook; [`Error::exit_code`] maps it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// bad configuration or usage
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// the database side
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// the local store
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// delivery
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// a usage error of the CLI
+    #[error("{0}")]
+    Usage(String),
+    /// anything else (a bug)
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error (DESIGN.md "CLI").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Usage(_) => exit::CONFIG,
+            Error::Source(SourceError::SlotLost { .. }) => exit::SLOT_LOST,
+            Error::Source(SourceError::Decode(_) | SourceError::Map(_)) => exit::UNEXPECTED,
+            Error::Source(SourceError::StoreGone) => exit::STORE,
+            Error::Source(_) => exit::DATABASE,
+            Error::Store(_) => exit::STORE,
+            Error::Delivery(DeliveryError::Store { .. }) => exit::STORE,
+            Error::Delivery(_) | Error::Internal(_) => exit::UNEXPECTED,
+        }
+    }
+
+    /// Knock-on errors lose against their cause when several tasks fail.
+    fn is_knock_on(&self) -> bool {
+        matches!(self, Error::Source(SourceError::StoreGone))
+    }
+}
+
+/// Connects and runs every preflight check, reporting one line per check.
+pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> Result<(), Error> {
+    let params = ConnParams::from_config(&cfg.source)?;
+    let client = match params.connect_sql().await {
+        Ok(c) => {
+            report(CheckLine {
+                ok: true,
+                text: format!("connected to {}", params.target()),
+            });
+            c
+        }
+        Err(e) => {
+            report(CheckLine {
+                ok: false,
+                text: e.to_string(),
+            });
+            return Err(e.into());
+        }
+    };
+    setup::preflight(cfg, &client, report).await?;
+    Ok(())
+}
+
+/// Observers for embedding (tests, the demo).
+#[derive(Default, Clone)]
+pub struct Hooks {
+    /// called each time replication starts streaming
+    pub on_streaming: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// Runs walhook until `token` is cancelled or a task fails.
+pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<(), Error> {
+    let cfg = Arc::new(cfg);
+    let params = ConnParams::from_config(&cfg.source)?;
+
+    let client = connect_with_retry(&params, &cfg, &token).await?;
+    let Some(client) = client else {
+        return Ok(());
+    };
+    let mut lines = Vec::new();
+    let preflight = setup::preflight(&cfg, &client, &mut |line| lines.push(line)).await;
+    for line in &lines {
+        if line.ok {
+            tracing::info!("check: {}", line.text);
+        } else {
+            tracing::error!("check failed: {}", line.text);
+        }
+    }
+    let resolved = preflight?;
+
+    let store_path = cfg.store.path.clone();
+    let store = blocking(move || Store::open(&store_path)).await?;
+    let durable = {
+        let s = store.clone();
+        blocking(move || s.durable_lsn()).await?
+    };
+    setup::ensure_publication(&cfg, &client).await?;
+    setup::ensure_slot(&cfg, &client, durable).await?;
+    drop(client);
+
+    let mut mapper = FormMapper::new(&cfg.tables);
+    let schemas = {
+        let s = store.clone();
+        blocking(move || s.form_schemas()).await?
+    };
+    for (form, fields) in schemas {
+        mapper.seed_schema(&form, &fields);
+    }
+    // With REPLICA IDENTITY FULL, Postgres flags every column as a key; the
+    // catalog's primary key is the real one.
+    for table in &resolved {
+        mapper.seed_primary_key(&table.schema, &table.table, table.primary_key.clone());
+    }
+
+    let (writer_tx, writer_rx) = mpsc::channel::<Append>(WRITER_QUEUE_ITEMS);
+    let (durable_tx, durable_rx) = watch::channel(durable.unwrap_or(0));
+    let last_seq = {
+        let s = store.clone();
+        blocking(move || s.last_seq()).await?
+    };
+    let (seq_tx, seq_rx) = watch::channel(last_seq);
+
+    let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
+    {
+        let store = store.clone();
+        tasks.spawn(async move { store_writer(store, writer_rx, durable_tx, seq_tx).await });
+    }
+    {
+        let mut capture = Capture::new(
+            cfg.clone(),
+            params.clone(),
+            mapper,
+            writer_tx,
+            durable_rx,
+            token.clone(),
+        );
+        if let Some(f) = hooks.on_streaming.clone() {
+            capture = capture.on_streaming(move || f());
+        }
+        tasks.spawn(async move { capture.run().await.map_err(Error::from) });
+    }
+    {
+        let params = params.clone();
+        let every = cfg.source.heartbeat.get();
+        let token = token.clone();
+        tasks.spawn(async move { heartbeat(params, every, token).await.map_err(Error::from) });
+    }
+    let deliveries = Deliveries::new(store.clone(), &cfg.delivery, seq_rx, token.clone())?;
+    let workers = cfg
+        .subscriptions
+        .iter()
+        .filter(|sub| sub.enabled)
+        .map(|sub| deliveries.worker(sub))
+        .collect::<Result<Vec<_>, _>>()?;
+    for worker in workers {
+        tasks.spawn(async move { worker.await.map_err(Error::from) });
+    }
+    {
+        let store = store.clone();
+        let cfg = cfg.clone();
+        let token = token.clone();
+        tasks.spawn(async move { pruner(store, cfg, token).await });
+    }
+
+    let mut errors: Vec<Error> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let result = match joined {
+            Ok(r) => r,
+            Err(join_err) => Err(Error::Internal(format!("a task failed: {join_err}"))),
+        };
+        if let Err(err) = result {
+            if !token.is_cancelled() {
+                tracing::error!(error = %err, "stopping walhook");
+                token.cancel();
+            }
+            errors.push(err);
+        }
+    }
+    match errors.iter().position(|e| !e.is_knock_on()) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None => errors.into_iter().next().map_or(Ok(()), Err),
+    }
+}
+
+/// Connects for SQL, retrying transient failures with backoff; `None` when
+/// cancelled meanwhile.
+async fn connect_with_retry(
+    params: &ConnParams,
+    cfg: &Config,
+    token: &CancellationToken,
+) -> Result<Option<tokio_postgres::Client>, Error> {
+    let mut attempt: u32 = 0;
+    loop {
+        match params.connect_sql().await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.is_transient() && attempt + 1 < cfg.source.max_connect_attempts => {
+                attempt += 1;
+                let delay = Duration::from_millis(250u64 << attempt.min(7));
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "cannot connect to PostgreSQL; retrying");
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs a blocking store call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+/// Appends what capture hands over, grouping whatever is queued into one
+/// SQLite transaction, and publishes the durable LSN and the last sequence
+/// number only after that transaction committed (fsynced).
+async fn store_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Append>,
+    durable_tx: watch::Sender<u64>,
+    seq_tx: watch::Sender<i64>,
+) -> Result<(), Error> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_ITEMS {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let s = store.clone();
+        let (durable, last_seq) = blocking(move || {
+            let durable = s.append(&batch)?;
+            Ok((durable, s.last_seq()?))
+        })
+        .await?;
+        if let Some(lsn) = durable {
+            durable_tx.send_if_modified(|cur| {
+                let raised = lsn > *cur;
+                if raised {
+                    *cur = lsn;
+                }
+                raised
+            });
+        }
+        seq_tx.send_if_modified(|cur| {
+            let raised = last_seq > *cur;
+            if raised {
+                *cur = last_seq;
+            }
+            raised
+        });
+    }
+    Ok(())
+}
+
+/// Deletes events past retention that every subscription has passed.
+async fn pruner(store: Store, cfg: Arc<Config>, token: CancellationToken) -> Result<(), Error> {
+    let retention = cfg.store.retention.get();
+    let names: Vec<String> = cfg.subscriptions.iter().map(|s| s.name.clone()).collect();
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        let names = names.clone();
+        let now_ms = now_ms();
+        let deleted = blocking(move || s.prune(retention, now_ms, &names)).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "retention cleanup");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

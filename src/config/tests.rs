@@ -1,0 +1,413 @@
+//! Tests of loading whole config texts (the parts have their own tests beside them).
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../config.example.toml");
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PGPASSWORD" => Some("pg-Pa55word".to_owned()),
+        "CRM_SECRET" => Some("crm-hmac-secret-value".to_owned()),
+        "SECRET" => Some("TOPSECRET-xyz".to_owned()),
+        _ => None,
+    }
+}
+
+const MINIMAL: &str = "[source]\nurl = \"postgres://walhook:${PGPASSWORD}@127.0.0.1:5432/app\"\n\n\
+    [[tables]]\nname = \"public.orders\"\n";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    from_str_with_env(text, "walhook.toml", &env)
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+fn with_sub(sub: &str) -> String {
+    format!("{MINIMAL}\n[[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/h\"\n{sub}\n")
+}
+
+#[test]
+fn example_parses() {
+    let config = parse(EXAMPLE).unwrap();
+    assert_eq!(config.tables.len(), 1);
+    assert_eq!(config.tables[0].schema(), "public");
+    assert_eq!(config.tables[0].table(), "orders");
+    assert_eq!(config.tables[0].form_name(), "orders");
+    assert_eq!(
+        config.source.url.expose(),
+        "postgres://walhook:pg-Pa55word@127.0.0.1:5432/app"
+    );
+    assert_eq!(config.subscriptions.len(), 1);
+    match &config.subscriptions[0].auth {
+        AuthConfig::Hmac { secret } => {
+            assert_eq!(secret.secrets()[0].expose(), "crm-hmac-secret-value")
+        }
+        AuthConfig::None => panic!("expected hmac"),
+    }
+}
+
+#[test]
+fn defaults() {
+    let c = parse(&with_sub("")).unwrap();
+    assert_eq!(c.source.slot, DEFAULT_SLOT);
+    assert_eq!(c.source.publication, DEFAULT_PUBLICATION);
+    assert!(c.source.create_slot && c.source.manage_publication);
+    assert_eq!(c.source.heartbeat, DEFAULT_HEARTBEAT);
+    assert_eq!(c.source.status_interval.get().as_secs(), 1);
+    assert_eq!(c.source.max_connect_attempts, 6);
+    assert_eq!(c.store.path, PathBuf::from("./walhook-data"));
+    assert_eq!(c.store.retention.get().as_secs(), 7 * 86400);
+    assert!(c.admin.enabled && c.admin.token.is_none());
+    assert_eq!(c.admin.listen, "127.0.0.1:9187");
+    assert_eq!(c.delivery.max_concurrency, 256);
+    let s = &c.subscriptions[0];
+    assert_eq!(s.method, HttpMethod::Post);
+    assert_eq!(s.timeout.get().as_secs(), 10);
+    assert_eq!(s.retry.max_attempts, 12);
+    assert_eq!(s.retry.max.get().as_secs(), 3600);
+    assert!(matches!(s.auth, AuthConfig::None));
+    assert!(s.enabled);
+    assert_eq!(c.tables[0].numbers, NumbersMode::Number);
+}
+
+#[test]
+fn unknown_top_level_key_names_key_and_line() {
+    let err = error(&format!("# top\ncolour = \"blue\"\n{MINIMAL}"));
+    assert!(err.starts_with("walhook.toml:2:1: colour: "), "{err}");
+    assert!(err.contains("unknown field `colour`"), "{err}");
+}
+
+#[test]
+fn unknown_key_in_subscription_names_path_and_line() {
+    let err = error(&with_sub("timout = \"5s\""));
+    assert!(err.starts_with("walhook.toml:10:1: "), "{err}");
+    assert!(err.contains("subscriptions[0].timout"), "{err}");
+    assert!(err.contains("unknown field `timout`"), "{err}");
+    let err = error(&with_sub("retry = { max_attempt = 3 }"));
+    assert!(err.contains("subscriptions[0].retry.max_attempt"), "{err}");
+}
+
+#[test]
+fn bad_duration_names_key_and_value() {
+    let err = error(&with_sub("timeout = \"10 parsecs\""));
+    assert!(err.contains("subscriptions[0].timeout"), "{err}");
+    assert!(err.contains("10 parsecs"), "{err}");
+    assert!(err.contains(":10:"), "{err}");
+}
+
+#[test]
+fn bad_url_names_field() {
+    let text = format!("{MINIMAL}\n[[subscriptions]]\nname = \"crm\"\nurl = \"not a url\"\n");
+    let err = error(&text);
+    assert!(err.contains("subscriptions[0].url"), "{err}");
+    assert!(err.contains("not a valid URL"), "{err}");
+}
+
+#[test]
+fn non_http_scheme_rejected() {
+    let text =
+        format!("{MINIMAL}\n[[subscriptions]]\nname = \"crm\"\nurl = \"ftp://x.example/h\"\n");
+    match parse(&text).unwrap_err() {
+        ConfigError::Invalid { field, message, .. } => {
+            assert_eq!(field, "subscriptions[0].url");
+            assert!(message.contains("ftp"), "{message}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn unset_var_names_var_and_line() {
+    let text = format!("{MINIMAL}\n[admin]\ntoken = \"${{WALHOOK_ADMIN_TOKEN}}\"\n");
+    let err = parse(&text).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::UnsetVar { name, line: 8, .. } if name == "WALHOOK_ADMIN_TOKEN")
+    );
+    let msg = err.to_string();
+    assert!(msg.starts_with("walhook.toml:8: "), "{msg}");
+    assert!(msg.contains("WALHOOK_ADMIN_TOKEN"), "{msg}");
+}
+
+#[test]
+fn dollar_escape_stays_literal() {
+    let text = format!("{MINIMAL}\n[admin]\ntoken = \"$${{NOT_A_VAR}}\"\n");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.admin.token.unwrap().expose(), "${NOT_A_VAR}");
+}
+
+#[test]
+fn secrets_never_in_type_errors() {
+    // A secret in a place expecting another type: serde quotes the value.
+    let text = "[source]\nurl = \"postgres://h/db\"\nmax_connect_attempts = \"${SECRET}\"\n\
+                [[tables]]\nname = \"t\"\n";
+    let err = error(text);
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    assert!(err.contains("${SECRET}"), "{err}");
+    assert!(err.contains("source.max_connect_attempts"), "{err}");
+    assert!(err.contains(":3:"), "{err}");
+    // Unquoted (raw) placement, and inside a duration error that echoes the value.
+    let text = "[source]\nurl = \"postgres://h/db\"\nmax_connect_attempts = ${SECRET}\n";
+    let err = error(text);
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    let err = error(&with_sub("timeout = \"${SECRET}\""));
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    assert!(err.contains("subscriptions[0].timeout"), "{err}");
+    // A bad URL made of a secret.
+    let text = format!("{MINIMAL}\n[[subscriptions]]\nname = \"crm\"\nurl = \"${{SECRET}}\"\n");
+    let err = error(&text);
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    // A short secret at the error position is scrubbed too.
+    let short = |name: &str| (name == "S").then(|| "ab".to_owned());
+    let text = "[source]\nurl = \"postgres://h/db\"\nmax_connect_attempts = \"${S}\"\n";
+    let err = from_str_with_env(text, "w.toml", &short)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("\"ab\""), "{err}");
+}
+
+#[test]
+fn secrets_never_in_invalid_source_url() {
+    let err = error("[source]\nurl = \"host=h port=${SECRET}\"\n[[tables]]\nname = \"t\"\n");
+    assert!(err.contains("source.url"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    let err = error("[source]\nurl = \"host=h pass${SECRET}=1\"\n[[tables]]\nname = \"t\"\n");
+    assert!(err.contains("source.url"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
+    let err =
+        error("[source]\nurl = \"postgres://u:hunter2@h:badport/db\"\n[[tables]]\nname = \"t\"\n");
+    assert!(err.contains("source.url"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn debug_never_shows_secrets() {
+    let text = with_sub(
+        "headers = { Authorization = \"Bearer ${SECRET}\" }\nauth = { type = \"hmac\", secret = \"${CRM_SECRET}\" }",
+    );
+    let text = text.replace(
+        "https://crm.example.com/h",
+        "https://u:${PGPASSWORD}@crm.example.com/${SECRET}",
+    );
+    let text = format!("{text}\n[admin]\ntoken = \"${{SECRET}}\"\n");
+    let c = parse(&text).unwrap();
+    let debug = format!("{c:?} {c:#?}");
+    for secret in ["TOPSECRET", "pg-Pa55word", "crm-hmac-secret-value"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    assert!(debug.contains("Authorization"), "{debug}");
+}
+
+#[test]
+fn include_and_exclude_together_rejected() {
+    let text = format!("{MINIMAL}include = [\"a\"]\nexclude = [\"b\"]\n");
+    match parse(&text).unwrap_err() {
+        ConfigError::Invalid { field, .. } => assert_eq!(field, "tables[0].include"),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn at_least_one_table() {
+    let err = error("[source]\nurl = \"postgres://h/db\"\n");
+    assert!(
+        err.contains("tables") && err.contains("[[tables]]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_tables_and_forms_rejected() {
+    let err = error(&format!("{MINIMAL}[[tables]]\nname = \"orders\"\n"));
+    assert!(err.contains("tables[1].name"), "{err}");
+    let err = error(&format!("{MINIMAL}[[tables]]\nname = \"other.orders\"\n"));
+    assert!(err.contains("tables[1].form"), "{err}");
+    parse(&format!(
+        "{MINIMAL}[[tables]]\nname = \"other.orders\"\nform = \"other_orders\"\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn duplicate_subscription_names_rejected() {
+    let text = format!(
+        "{}\n[[subscriptions]]\nname = \"crm\"\nurl = \"https://b.example/\"\n",
+        with_sub("")
+    );
+    match parse(&text).unwrap_err() {
+        ConfigError::Invalid { field, message, .. } => {
+            assert_eq!(field, "subscriptions[1].name");
+            assert!(message.contains("crm"), "{message}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn forms_must_exist() {
+    match parse(&with_sub("forms = [\"orders\", \"invoices\"]")).unwrap_err() {
+        ConfigError::Invalid { field, message, .. } => {
+            assert_eq!(field, "subscriptions[0].forms[1]");
+            assert!(
+                message.contains("invoices") && message.contains("orders"),
+                "{message}"
+            );
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn hmac_with_a_list_of_secrets() {
+    let c = parse(&with_sub(
+        "auth = { type = \"hmac\", secret = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"${CRM_SECRET}\"] }",
+    ))
+    .unwrap();
+    match &c.subscriptions[0].auth {
+        AuthConfig::Hmac { secret } => {
+            let values: Vec<&str> = secret.secrets().iter().map(Secret::expose).collect();
+            assert_eq!(
+                values,
+                [
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "crm-hmac-secret-value"
+                ]
+            );
+        }
+        AuthConfig::None => panic!("expected hmac"),
+    }
+}
+
+#[test]
+fn whsec_with_bad_base64_rejected() {
+    let err = parse(&with_sub(
+        "auth = { type = \"hmac\", secret = [\"ok\", \"whsec_not*base64!\"] }",
+    ))
+    .unwrap_err();
+    match &err {
+        ConfigError::Invalid { field, .. } => assert_eq!(field, "subscriptions[0].auth.secret[1]"),
+        other => panic!("unexpected {other}"),
+    }
+    assert!(!err.to_string().contains("not*base64"), "{err}");
+}
+
+#[test]
+fn unknown_auth_type_rejected() {
+    let err = error(&with_sub("auth = { type = \"magic\" }"));
+    assert!(err.contains("subscriptions[0].auth"), "{err}");
+    assert!(err.contains("magic"), "{err}");
+}
+
+#[test]
+fn retry_and_timeout_checked() {
+    let err = error(&with_sub("retry = { max_attempts = 0 }"));
+    assert!(err.contains("subscriptions[0].retry.max_attempts"), "{err}");
+    let err = error(&with_sub("retry = { initial = \"2h\" }"));
+    assert!(err.contains("subscriptions[0].retry.initial"), "{err}");
+    let err = error(&with_sub("timeout = \"0s\""));
+    assert!(err.contains("subscriptions[0].timeout"), "{err}");
+}
+
+#[test]
+fn headers_checked_without_printing_values() {
+    let err = error(&with_sub("headers = { \"bad header\" = \"x\" }"));
+    assert!(err.contains("subscriptions[0].headers"), "{err}");
+    let c = parse(&with_sub("headers = { X-Team = \"ops\" }")).unwrap();
+    assert_eq!(c.subscriptions[0].headers["X-Team"], "ops");
+}
+
+#[test]
+fn slot_name_checked() {
+    let err = error(&MINIMAL.replace("[[tables]]", "slot = \"Bad-Slot\"\n[[tables]]"));
+    assert!(err.contains("source.slot"), "{err}");
+}
+
+#[test]
+fn wants_defaults_to_row_ops_and_all_forms() {
+    let c = parse(&with_sub("")).unwrap();
+    let s = &c.subscriptions[0];
+    for op in [Op::DataCreate, Op::DataUpdate, Op::DataRemove] {
+        assert!(s.wants(op, "orders"), "{op}");
+    }
+    for op in [Op::DataTruncate, Op::FormUpdate, Op::Test] {
+        assert!(!s.wants(op, "orders"), "{op}");
+    }
+    let c = parse(&with_sub("ops = [\"data_truncate\"]\nforms = [\"orders\"]")).unwrap();
+    let s = &c.subscriptions[0];
+    assert!(s.wants(Op::DataTruncate, "orders"));
+    assert!(!s.wants(Op::DataCreate, "orders"));
+    assert!(!s.wants(Op::DataTruncate, "other"));
+}
+
+#[test]
+fn syntax_error_has_line_and_no_source_quote() {
+    let text = "[source]\nurl = \"postgres://u:${SECRET}@h/db\"\nslot = \"unterminated\n";
+    let err = error(text);
+    assert!(err.starts_with("walhook.toml:3:"), "{err}");
+    assert!(!err.contains("TOPSECRET"), "{err}");
+}
+
+#[test]
+fn op_names_round_trip() {
+    for op in Op::ALL {
+        let text = format!("x = \"{}\"", op.as_str());
+        #[derive(Deserialize)]
+        struct W {
+            x: Op,
+        }
+        assert_eq!(toml::from_str::<W>(&text).unwrap().x, op);
+    }
+}
+
+#[test]
+fn load_reports_missing_file() {
+    let err = load(Path::new("/nonexistent/walhook.toml")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("/nonexistent/walhook.toml: cannot read"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_fields_name_their_table() {
+    let err = error("[source]\nslot = \"x\"\n[[tables]]\nname = \"t\"\n");
+    assert!(err.contains("source: missing field `url`"), "{err}");
+    let err = error("[[tables]]\nname = \"t\"\n");
+    assert!(err.contains("missing field `source`"), "{err}");
+    let err = error(&with_sub("auth = { type = \"hmac\" }"));
+    assert!(
+        err.contains("subscriptions[0].auth: missing field `secret`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_error_without_message_still_says_something() {
+    let err = error("x = ");
+    assert!(err.starts_with("walhook.toml:1:5: "), "{err}");
+    assert!(err.contains("invalid TOML"), "{err}");
+}
+
+#[test]
+fn auth_unknown_field_rejected() {
+    let err = error(&with_sub(
+        "auth = { type = \"hmac\", secret = \"${CRM_SECRET}\", algo = \"sha1\" }",
+    ));
+    assert!(err.contains("subscriptions[0].auth"), "{err}");
+    assert!(err.contains("algo"), "{err}");
+    assert!(!err.contains("crm-hmac-secret-value"), "{err}");
+}
+
+#[test]
+fn auth_none_rejects_extra_keys() {
+    let err = error(&with_sub("auth = { type = \"none\", secret = \"x\" }"));
+    assert!(
+        err.contains("subscriptions[0].auth") && err.contains("secret"),
+        "{err}"
+    );
+    let c = parse(&with_sub("auth = { type = \"none\" }")).unwrap();
+    assert!(matches!(c.subscriptions[0].auth, AuthConfig::None));
+}

@@ -1,0 +1,310 @@
+//! The HTTP side of one attempt: the shared client, a subscription's fixed
+//! request parts (`Endpoint`), and sending one signed request.
+//!
+//! Every attempt gets a fresh `webhook-timestamp` and signature; the
+//! `webhook-id` stays the event id so receivers can dedupe redeliveries. The
+//! subscription's `timeout` is a total deadline (connect, send, headers and
+//! the body we read), not a per-read timeout. Redirects are never followed.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::{Client, Method};
+
+use super::render::RenderError;
+use super::retry::Outcome;
+use super::sign::{signature_header, SigningKey};
+use super::DeliveryError;
+use crate::config::{AuthConfig, HttpMethod, SubscriptionConfig};
+
+/// `user-agent` of every request.
+pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
+
+/// How much of an error response's body is kept for the dead letter: enough
+/// to show a receiver's error message, small enough to store for every event.
+pub const EXCERPT_BYTES: usize = 512;
+
+/// How much of a 2xx body we read so the connection can go back to the pool;
+/// a larger body is dropped with its connection instead of being downloaded.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Idle keep-alive connections kept per host. Each subscription has at most
+/// one request in flight, so this bounds reuse for up to 64 subscriptions that
+/// share a host without keeping thousands of idle sockets open.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// How long an idle pooled connection is kept (reqwest's default, stated).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// TCP keepalive probes notice receivers that vanished without a FIN.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// Builds the one client shared by every worker (and by `send_test`):
+/// rustls, keep-alive pooling, no redirects.
+pub fn build_client() -> Result<Client, DeliveryError> {
+    Client::builder()
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .tcp_nodelay(true)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .build()
+        .map_err(DeliveryError::Client)
+}
+
+/// Why an event could not be turned into a request at all.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsendableError {
+    /// The body could not be rendered.
+    #[error("cannot render the request body")]
+    Render(#[from] RenderError),
+    /// The event id cannot be a header value (a corrupt store row).
+    #[error("event id {0:?} is not a valid webhook-id header value")]
+    InvalidId(String),
+}
+
+/// What one attempt produced.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// The receiver answered.
+    Response {
+        /// HTTP status code.
+        status: u16,
+        /// Raw `Retry-After` header.
+        retry_after: Option<String>,
+        /// First bytes of a non-2xx body (lossy UTF-8).
+        excerpt: Option<String>,
+    },
+    /// No answer: timeout, connection or protocol error (URL stripped).
+    Failed(reqwest::Error),
+    /// The request could not be built.
+    Unsendable(UnsendableError),
+}
+
+impl Attempt {
+    /// The attempt as the retry policy sees it.
+    pub(crate) fn outcome(&self) -> Outcome<'_> {
+        match self {
+            Attempt::Response {
+                status,
+                retry_after,
+                ..
+            } => Outcome::Status {
+                code: *status,
+                retry_after: retry_after.as_deref(),
+            },
+            Attempt::Failed(err) if err.is_timeout() => Outcome::Timeout,
+            Attempt::Failed(_) => Outcome::Transport,
+            Attempt::Unsendable(_) => Outcome::Unrenderable,
+        }
+    }
+
+    /// The HTTP status, when there was a response.
+    pub(crate) fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Response { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The response body excerpt, when there was a non-2xx response.
+    pub(crate) fn excerpt(&self) -> Option<&str> {
+        match self {
+            Attempt::Response { excerpt, .. } => excerpt.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// One line for `last_error`, dead letters and logs: status or error
+    /// chain, never a body.
+    pub(crate) fn describe(&self, timeout: Duration) -> String {
+        match self {
+            Attempt::Response { status, .. } => {
+                let reason = reqwest::StatusCode::from_u16(*status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason());
+                match reason {
+                    Some(reason) => format!("HTTP {status} {reason}"),
+                    None => format!("HTTP {status}"),
+                }
+            }
+            Attempt::Failed(err) if err.is_timeout() => {
+                format!(
+                    "request timed out after {}",
+                    humantime::format_duration(timeout)
+                )
+            }
+            Attempt::Failed(err) => error_chain(err),
+            Attempt::Unsendable(err) => error_chain(err),
+        }
+    }
+}
+
+/// `err: cause: cause`, for the store's text columns.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}
+
+/// A subscription's fixed request parts, prepared once per worker.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    method: Method,
+    url: url::Url,
+    headers: HeaderMap,
+    keys: Vec<SigningKey>,
+    timeout: Duration,
+}
+
+impl Endpoint {
+    /// Validates headers and secrets; errors name the subscription.
+    pub(crate) fn new(sub: &SubscriptionConfig) -> Result<Self, DeliveryError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        // Static headers may override content-type and user-agent; the
+        // webhook-* headers are set per attempt and always win.
+        for (name, value) in &sub.headers {
+            let invalid = || DeliveryError::Header {
+                subscription: sub.name.clone(),
+                header: name.clone(),
+            };
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            let mut value = HeaderValue::from_str(value).map_err(|_| invalid())?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let keys = match &sub.auth {
+            AuthConfig::None => Vec::new(),
+            AuthConfig::Hmac { secret } => secret
+                .secrets()
+                .iter()
+                .map(|s| SigningKey::from_secret(s.expose()))
+                .collect::<Result<_, _>>()
+                .map_err(|source| DeliveryError::Secret {
+                    subscription: sub.name.clone(),
+                    source,
+                })?,
+        };
+        let method = match sub.method {
+            HttpMethod::Post => Method::POST,
+            HttpMethod::Put => Method::PUT,
+            HttpMethod::Patch => Method::PATCH,
+        };
+        Ok(Endpoint {
+            method,
+            url: sub.url.clone(),
+            headers,
+            keys,
+            timeout: sub.timeout.get(),
+        })
+    }
+
+    /// The total request deadline.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one attempt; every failure is an `Attempt`, never an error.
+    pub(crate) async fn send(
+        &self,
+        client: &Client,
+        id: &str,
+        timestamp: u64,
+        body: Bytes,
+    ) -> Attempt {
+        let mut headers = self.headers.clone();
+        let Ok(id_value) = HeaderValue::from_str(id) else {
+            return Attempt::Unsendable(UnsendableError::InvalidId(id.to_owned()));
+        };
+        headers.insert(WEBHOOK_ID, id_value);
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        if !self.keys.is_empty() {
+            let signature = signature_header(&self.keys, id, timestamp, &body);
+            // Base64 and "v1," are always valid header characters.
+            if let Ok(value) = HeaderValue::from_str(&signature) {
+                headers.insert(WEBHOOK_SIGNATURE, value);
+            }
+        }
+        let sent = client
+            .request(self.method.clone(), self.url.clone())
+            .headers(headers)
+            .timeout(self.timeout)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // The URL may carry a token (chat robots put keys in the query).
+            Err(err) => return Attempt::Failed(err.without_url()),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let excerpt = if status.is_success() {
+            drain(response).await;
+            None
+        } else {
+            read_excerpt(response).await
+        };
+        Attempt::Response {
+            status: status.as_u16(),
+            retry_after,
+            excerpt,
+        }
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    // Header values, URL query and keys may hold secrets: show shapes only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("method", &self.method)
+            .field("host", &self.url.host_str())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("keys", &format_args!("{} x ***", self.keys.len()))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Reads and discards a small success body so the connection is reusable.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0usize;
+    while read <= DRAIN_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The first `EXCERPT_BYTES` of the body, lossy UTF-8; None when empty.
+async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
+    let mut buf = Vec::new();
+    while buf.len() < EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            // A body cut short by the deadline still yields what arrived.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf.truncate(EXCERPT_BYTES);
+    (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
+}

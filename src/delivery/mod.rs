@@ -1,0 +1,281 @@
+//! Delivery: one worker per subscription pushes the durable log to its
+//! webhook endpoint.
+//!
+//! Each worker reads the shared log through its own cursor (so a slow or
+//! failing endpoint never delays another subscription), filters events by
+//! form and op, renders the body (`render`), signs it with Standard Webhooks
+//! headers (`sign`), sends it with the shared `reqwest::Client` (`http`), and
+//! lets the retry policy (`retry`, the one place that classifies outcomes)
+//! decide: delivered, retry later, dead letter, or disable on 410 Gone.
+//!
+//! Guarantees (DESIGN.md 2–4): at-least-once with stable ids (an event is only
+//! marked delivered after a 2xx; a crash re-sends the unflushed tail with the
+//! same `webhook-id`); strict commit order per subscription (one event in
+//! flight); isolation (own cursor, retry state and dead letters per
+//! subscription; a global semaphore caps concurrent requests).
+//!
+//! Wiring: build `Deliveries` once with the store, `[delivery]` config, the
+//! append signal (a `watch` of the last appended seq) and the shutdown token,
+//! then `spawn` the workers and join the returned `JoinSet` on exit.
+
+mod http;
+mod render;
+mod retry;
+mod sign;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DeliveryConfig, SubscriptionConfig};
+use crate::store::{Store, StoreError, StoredEvent};
+
+pub use http::{build_client, UnsendableError};
+pub use render::RenderError;
+pub use sign::{signature_header, InvalidSecret, SigningKey};
+
+/// Worker-fatal delivery problems. Failed attempts are not errors: they are
+/// outcomes the retry policy handles.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// A store call failed; the worker stops (exit code 5 territory).
+    #[error("delivery for subscription '{subscription}' could not {action} in the store")]
+    Store {
+        /// The subscription.
+        subscription: String,
+        /// What the worker was doing.
+        action: &'static str,
+        /// The store's error (boxed: SQLite errors are large).
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// A blocking store call panicked or was cancelled.
+    #[error("delivery for subscription '{subscription}': a store call did not complete")]
+    StoreTask {
+        /// The subscription.
+        subscription: String,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The HTTP client could not be built (TLS setup).
+    #[error("cannot build the HTTP client for deliveries")]
+    Client(#[source] reqwest::Error),
+    /// A signing secret is unusable.
+    #[error("subscriptions.{subscription}.auth.secret is invalid")]
+    Secret {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: InvalidSecret,
+    },
+    /// A static header has an invalid name or value (the value is not shown: it may be a secret).
+    #[error(
+        "subscriptions.{subscription}.headers: header {header:?} has an invalid name or value"
+    )]
+    Header {
+        /// The subscription.
+        subscription: String,
+        /// The header name as configured.
+        header: String,
+    },
+    /// The test event could not be turned into a request.
+    #[error("cannot build the test request for subscription '{subscription}'")]
+    Unsendable {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: UnsendableError,
+    },
+    /// The test request got no HTTP answer (timeout, connection refused, TLS).
+    #[error("the test request to subscription '{subscription}' got no answer")]
+    Send {
+        /// The subscription.
+        subscription: String,
+        /// The HTTP client's error (URL stripped).
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Wall clock for `webhook-timestamp` and persisted retry times; replaceable in tests.
+#[derive(Clone)]
+pub(crate) struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    fn system() -> Self {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+/// What every worker shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    store: Store,
+    client: reqwest::Client,
+    limiter: Arc<Semaphore>,
+    appended: watch::Receiver<i64>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    clock: Clock,
+}
+
+/// Spawns and equips the per-subscription workers.
+pub struct Deliveries {
+    shared: Shared,
+}
+
+impl fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deliveries")
+            .field(
+                "available_permits",
+                &self.shared.limiter.available_permits(),
+            )
+            .field("grace", &self.shared.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deliveries {
+    /// `appended` carries the seq of the last appended event (workers also
+    /// poll the store); cancelling `shutdown` stops every worker, letting an
+    /// in-flight request finish within `config.shutdown_grace`.
+    pub fn new(
+        store: Store,
+        config: &DeliveryConfig,
+        appended: watch::Receiver<i64>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DeliveryError> {
+        Ok(Deliveries {
+            shared: Shared {
+                store,
+                client: build_client()?,
+                limiter: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+                appended,
+                shutdown,
+                grace: config.shutdown_grace.get(),
+                clock: Clock::system(),
+            },
+        })
+    }
+
+    /// The shared HTTP client (for `send_test` from the admin API).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.shared.client
+    }
+
+    /// Validates every enabled subscription, then spawns one worker each.
+    /// Nothing is spawned if one is invalid. A worker ends with `Ok` on
+    /// shutdown or when its endpoint answers 410, with `Err` on a store error.
+    pub fn spawn(
+        &self,
+        subs: &[SubscriptionConfig],
+    ) -> Result<JoinSet<Result<(), DeliveryError>>, DeliveryError> {
+        let workers = subs
+            .iter()
+            .filter(|sub| sub.enabled)
+            .map(|sub| self.worker(sub))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut set = JoinSet::new();
+        for worker in workers {
+            set.spawn(worker);
+        }
+        Ok(set)
+    }
+
+    /// One subscription's worker as a future, for callers that spawn it themselves.
+    pub fn worker(
+        &self,
+        sub: &SubscriptionConfig,
+    ) -> Result<impl Future<Output = Result<(), DeliveryError>> + Send + 'static, DeliveryError>
+    {
+        let endpoint = http::Endpoint::new(sub)?;
+        Ok(worker::Worker::new(sub.clone(), endpoint, self.shared.clone()).run())
+    }
+
+    /// Replaces the wall clock for workers spawned afterwards.
+    #[cfg(test)]
+    fn set_clock(&mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {
+        self.shared.clock = Clock(Arc::new(clock));
+    }
+}
+
+/// Form name of the synthetic test event when the subscription lists no forms.
+const TEST_FORM: &str = "walhook_test";
+
+/// Delivers one synthetic event with op `test` (same headers and signature as
+/// real events, a fresh id) and returns the receiver's status, whatever it is.
+pub async fn send_test(
+    sub: &SubscriptionConfig,
+    client: &reqwest::Client,
+) -> Result<u16, DeliveryError> {
+    let endpoint = http::Endpoint::new(sub)?;
+    let now = SystemTime::now();
+    let event = test_event(sub, now);
+    let unsendable = |source: UnsendableError| DeliveryError::Unsendable {
+        subscription: sub.name.clone(),
+        source,
+    };
+    let body =
+        render::render(sub, std::slice::from_ref(&event)).map_err(|e| unsendable(e.into()))?;
+    match endpoint
+        .send(client, &event.id, worker::unix_secs(now), body)
+        .await
+    {
+        http::Attempt::Response { status, .. } => Ok(status),
+        http::Attempt::Failed(source) => Err(DeliveryError::Send {
+            subscription: sub.name.clone(),
+            source,
+        }),
+        http::Attempt::Unsendable(source) => Err(unsendable(source)),
+    }
+}
+
+/// The synthetic event `send_test` delivers, shaped like a real one.
+fn test_event(sub: &SubscriptionConfig, now: SystemTime) -> StoredEvent {
+    let form = sub
+        .forms
+        .as_ref()
+        .and_then(|forms| forms.first())
+        .map_or(TEST_FORM, String::as_str);
+    let now_ms = worker::unix_ms(now);
+    let id = format!("test-{now_ms}");
+    let payload = serde_json::json!({
+        "id": id,
+        "op": "test",
+        "form": form,
+        "data": {"message": "walhook test event"},
+        "source": {
+            "schema": "",
+            "table": "",
+            "lsn": "0/0",
+            "xid": 0,
+            "commit_time": humantime::format_rfc3339_micros(now).to_string(),
+        },
+    });
+    StoredEvent {
+        seq: 0,
+        id,
+        op: "test".to_owned(),
+        form: form.to_owned(),
+        commit_lsn: 0,
+        payload: payload.to_string().into_bytes(),
+        stored_at_ms: now_ms,
+    }
+}

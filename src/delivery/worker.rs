@@ -1,0 +1,394 @@
+//! One subscription's delivery loop.
+//!
+//! The worker owns the subscription's cursor over the shared log and sends
+//! one event at a time, in commit order: the next event waits until the
+//! previous one is delivered or dead-lettered. Events the subscription does
+//! not want are skipped by moving the cursor.
+//!
+//! Persistence: the cursor advance after a 2xx is coalesced (every
+//! `FLUSH_EVERY_EVENTS` events, every `FLUSH_INTERVAL`, whenever the worker
+//! catches up, and on exit). Losing an unflushed advance in a crash only
+//! re-sends those events with the same ids (at-least-once). Pending advances
+//! are always written before a failure, dead letter or disable, because
+//! `Store::advance` resets the attempt counter. Failed attempts are written
+//! with `record_failure` (attempts + next attempt time), so a restart resumes
+//! the backoff schedule instead of hammering the receiver.
+//!
+//! Shutdown: on cancellation the worker takes no new event and stops waiting
+//! for backoff or for a permit; a request already in flight may finish within
+//! the grace period, else it is abandoned (not marked delivered, so it is
+//! re-sent after restart).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::de::{value::Error as ValueError, IntoDeserializer};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::http::{Attempt, UnsendableError};
+use super::render::render;
+use super::retry::{decide, Decision};
+use super::{DeliveryError, Shared};
+use crate::config::{Op, SubscriptionConfig};
+use crate::store::{Start, Store, StoreError, StoredEvent};
+
+/// Events read from the store per query: large enough to amortise the read,
+/// small enough to keep a page of large events bounded in memory.
+const PAGE_SIZE: usize = 256;
+
+/// Persist the cursor after this many unflushed delivered/skipped events: at
+/// most this many duplicates after a crash.
+const FLUSH_EVERY_EVENTS: u64 = 64;
+
+/// Persist the cursor at least this often while events keep flowing, so the
+/// status API and a crash never lag far behind.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Re-check the store this often even without an append signal (a missed or
+/// closed signal must not stall delivery).
+const STORE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether the loop goes on to the next event.
+enum Step {
+    Next,
+    Stop,
+}
+
+/// One subscription's worker; `run` consumes it.
+pub(crate) struct Worker {
+    sub: SubscriptionConfig,
+    endpoint: super::http::Endpoint,
+    shared: Shared,
+    appended: watch::Receiver<i64>,
+    appended_closed: bool,
+    /// Last event delivered, dead-lettered or skipped.
+    cursor: i64,
+    /// Cursor as last written to the store.
+    persisted: i64,
+    unflushed_delivered: u64,
+    unflushed_events: u64,
+    dirty_since: Option<Instant>,
+    /// Failed attempts of the next wanted event.
+    attempts: u32,
+    /// Backoff to wait before the next attempt.
+    pending_wait: Option<Duration>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        sub: SubscriptionConfig,
+        endpoint: super::http::Endpoint,
+        shared: Shared,
+    ) -> Self {
+        let appended = shared.appended.clone();
+        Worker {
+            sub,
+            endpoint,
+            shared,
+            appended,
+            appended_closed: false,
+            cursor: 0,
+            persisted: 0,
+            unflushed_delivered: 0,
+            unflushed_events: 0,
+            dirty_since: None,
+            attempts: 0,
+            pending_wait: None,
+        }
+    }
+
+    /// Runs until shutdown, a 410 (disabled), or a store error.
+    pub(crate) async fn run(mut self) -> Result<(), DeliveryError> {
+        let state = self
+            .store_call("load its delivery state", |s, name| {
+                s.ensure_subscription(name, Start::End)
+            })
+            .await?;
+        if let Some(reason) = state.disabled_reason {
+            warn!(subscription = %self.sub.name, reason = %reason, "subscription is disabled in the store; not delivering");
+            return Ok(());
+        }
+        self.cursor = state.cursor;
+        self.persisted = state.cursor;
+        self.attempts = state.attempts;
+        let now_ms = unix_ms(self.shared.clock.now());
+        self.pending_wait = state
+            .next_attempt_at_ms
+            .map(|at| Duration::from_millis(u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0)));
+        info!(subscription = %self.sub.name, cursor = self.cursor, attempts = self.attempts, "delivery worker started");
+        let result = self.deliver_loop().await;
+        // Flush even after an error in the loop; the loop's error wins.
+        let flushed = self.flush().await;
+        info!(subscription = %self.sub.name, cursor = self.persisted, "delivery worker stopped");
+        result.and(flushed)
+    }
+
+    async fn deliver_loop(&mut self) -> Result<(), DeliveryError> {
+        loop {
+            if self.shared.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // Mark the signal seen before reading, so an append that lands
+            // during the read wakes the wait below instead of being missed.
+            self.appended.borrow_and_update();
+            let after = self.cursor;
+            let page = self
+                .store_call("read events", move |s, _| s.read_after(after, PAGE_SIZE))
+                .await?;
+            if page.is_empty() {
+                self.flush().await?;
+                if !self.wait_for_events().await {
+                    return Ok(());
+                }
+                continue;
+            }
+            for event in page {
+                if self.shared.shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if !self.wants(&event) {
+                    self.moved_past(event.seq, 0);
+                    continue;
+                }
+                if let Step::Stop = self.deliver(event).await? {
+                    return Ok(());
+                }
+                self.maybe_flush().await?;
+            }
+            self.maybe_flush().await?;
+        }
+    }
+
+    fn wants(&self, event: &StoredEvent) -> bool {
+        let parsed: Result<Op, ValueError> = Op::deserialize(event.op.as_str().into_deserializer());
+        match parsed {
+            Ok(op) => self.sub.wants(op, &event.form),
+            Err(_) => {
+                warn!(subscription = %self.sub.name, event_id = %event.id, op = %event.op, "event has an op this walhook does not know; skipping it");
+                false
+            }
+        }
+    }
+
+    /// Sends `event` until it is delivered, dead-lettered or the worker stops.
+    async fn deliver(&mut self, event: StoredEvent) -> Result<Step, DeliveryError> {
+        // A render failure is permanent: the policy dead-letters it at once.
+        let (body, mut unsendable) = match render(&self.sub, std::slice::from_ref(&event)) {
+            Ok(body) => (body, None),
+            Err(err) => (Bytes::new(), Some(UnsendableError::from(err))),
+        };
+        loop {
+            if let Some(wait) = self.pending_wait.take() {
+                if !self.sleep_unless_cancelled(wait).await {
+                    return Ok(Step::Stop);
+                }
+            }
+            let attempt = match unsendable.take() {
+                Some(err) => Attempt::Unsendable(err),
+                None => match self.send(&event.id, body.clone()).await {
+                    Some(attempt) => attempt,
+                    None => return Ok(Step::Stop),
+                },
+            };
+            let number = self.attempts.saturating_add(1);
+            let now = self.shared.clock.now();
+            let decision = decide(
+                attempt.outcome(),
+                number,
+                &self.sub.retry,
+                now,
+                &mut rand::rng(),
+            );
+            let reason = attempt.describe(self.endpoint.timeout());
+            match decision {
+                Decision::Delivered => {
+                    debug!(subscription = %self.sub.name, event_id = %event.id, attempt = number, "delivered");
+                    self.attempts = 0;
+                    self.moved_past(event.seq, 1);
+                    return Ok(Step::Next);
+                }
+                Decision::Retry(delay) => {
+                    warn!(
+                        subscription = %self.sub.name, event_id = %event.id, attempt = number,
+                        status = attempt.status(), error = %reason,
+                        retry_in = %humantime::format_duration(round_ms(delay)),
+                        "delivery attempt failed; will retry"
+                    );
+                    self.flush().await?;
+                    let next_at = unix_ms(now)
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    self.store_call("record a failed attempt", move |s, name| {
+                        s.record_failure(name, number, next_at, &reason)
+                    })
+                    .await?;
+                    self.attempts = number;
+                    self.pending_wait = Some(delay);
+                }
+                Decision::DeadLetter => {
+                    warn!(
+                        subscription = %self.sub.name, event_id = %event.id, attempt = number,
+                        status = attempt.status(), error = %reason,
+                        "delivery attempt failed; event moved to dead letters"
+                    );
+                    self.flush().await?;
+                    let status = attempt.status();
+                    let excerpt = attempt.excerpt().map(str::to_owned);
+                    let seq = event.seq;
+                    self.store_call("store a dead letter", move |s, name| {
+                        s.dead_letter(name, &event, number, status, &reason, excerpt.as_deref())
+                    })
+                    .await?;
+                    self.attempts = 0;
+                    self.cursor = self.cursor.max(seq);
+                    self.persisted = self.persisted.max(seq);
+                    return Ok(Step::Next);
+                }
+                Decision::Disable => {
+                    let why = format!(
+                        "endpoint answered {reason} to event {}; fix the subscription's url, then re-enable it",
+                        event.id
+                    );
+                    error!(
+                        subscription = %self.sub.name, event_id = %event.id, attempt = number,
+                        status = attempt.status(), "endpoint is gone; subscription disabled"
+                    );
+                    self.flush().await?;
+                    self.store_call("disable the subscription", move |s, name| {
+                        s.set_disabled(name, Some(&why))
+                    })
+                    .await?;
+                    return Ok(Step::Stop);
+                }
+            }
+        }
+    }
+
+    /// One HTTP attempt under the global limit; None when shutdown stopped it.
+    async fn send(&self, id: &str, body: Bytes) -> Option<Attempt> {
+        let shutdown = &self.shared.shutdown;
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return None,
+            permit = self.shared.limiter.clone().acquire_owned() => permit.ok()?,
+        };
+        let timestamp = unix_secs(self.shared.clock.now());
+        let request = self.endpoint.send(&self.shared.client, id, timestamp, body);
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.shared.grace).await;
+        };
+        let attempt = tokio::select! {
+            biased;
+            attempt = request => attempt,
+            () = grace => {
+                warn!(subscription = %self.sub.name, event_id = %id, "shutdown grace period over; abandoning the in-flight request, it will be re-sent after restart");
+                return None;
+            }
+        };
+        drop(permit);
+        Some(attempt)
+    }
+
+    /// Waits for an append signal or the poll interval; false on shutdown.
+    async fn wait_for_events(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            () = self.shared.shutdown.cancelled() => false,
+            changed = self.appended.changed(), if !self.appended_closed => {
+                if changed.is_err() {
+                    // The appender is gone; keep polling the store.
+                    self.appended_closed = true;
+                }
+                true
+            }
+            () = tokio::time::sleep(STORE_POLL_INTERVAL) => true,
+        }
+    }
+
+    /// Sleeps for `wait`; false if shutdown came first.
+    async fn sleep_unless_cancelled(&self, wait: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = self.shared.shutdown.cancelled() => false,
+            () = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// Moves the in-memory cursor; the store sees it at the next flush.
+    fn moved_past(&mut self, seq: i64, delivered: u64) {
+        self.cursor = self.cursor.max(seq);
+        self.unflushed_delivered += delivered;
+        self.unflushed_events += 1;
+        self.dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    async fn maybe_flush(&mut self) -> Result<(), DeliveryError> {
+        let due = self.unflushed_events >= FLUSH_EVERY_EVENTS
+            || self
+                .dirty_since
+                .is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL);
+        if due {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the coalesced cursor advance, if any.
+    async fn flush(&mut self) -> Result<(), DeliveryError> {
+        if self.cursor <= self.persisted && self.unflushed_delivered == 0 {
+            self.unflushed_events = 0;
+            self.dirty_since = None;
+            return Ok(());
+        }
+        let (seq, delivered) = (self.cursor, self.unflushed_delivered);
+        self.store_call("advance its cursor", move |s, name| {
+            s.advance(name, seq, delivered)
+        })
+        .await?;
+        self.persisted = seq;
+        self.unflushed_delivered = 0;
+        self.unflushed_events = 0;
+        self.dirty_since = None;
+        Ok(())
+    }
+
+    /// Runs a blocking store call off the async threads.
+    async fn store_call<T, F>(&self, action: &'static str, call: F) -> Result<T, DeliveryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.shared.store.clone();
+        let name = self.sub.name.clone();
+        match tokio::task::spawn_blocking(move || call(&store, &name)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(DeliveryError::Store {
+                subscription: self.sub.name.clone(),
+                action,
+                source: Box::new(source),
+            }),
+            Err(source) => Err(DeliveryError::StoreTask {
+                subscription: self.sub.name.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock before 1970).
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Seconds since the Unix epoch, for `webhook-timestamp`.
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,119 @@
+//! The `walhook` binary: parse the CLI, load the config, init logging, run,
+//! and map errors to exit codes. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use walhook::app::{self, Error};
+use walhook::exit;
+
+/// PostgreSQL logical replication → signed, retried webhooks.
+#[derive(Parser)]
+#[command(name = "walhook", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the connector: capture changes, store them durably, deliver them.
+    ///
+    /// Example: walhook run -c /etc/walhook/walhook.toml
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config, connect, and verify every prerequisite; one line per check.
+    ///
+    /// Example: walhook check -c walhook.toml
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL and a local receiver, and show events flowing.
+    ///
+    /// Needs the PostgreSQL server binaries (initdb, pg_ctl). Ctrl-C cleans up.
+    Demo {
+        /// Stop by itself after this many events were received (0 = run until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        events: usize,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+async fn main_inner(cli: Cli) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    cancel_on_signals(token.clone());
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = walhook::config::load(&config)?;
+            app::run(cfg, token, app::Hooks::default()).await
+        }
+        Command::Check { config } => {
+            let cfg = walhook::config::load(&config)?;
+            println!("ok    config {} is valid", config.display());
+            let result = app::check(&cfg, &mut |line| println!("{line}")).await;
+            match &result {
+                Ok(()) => println!("all checks passed"),
+                Err(_) => println!("checks failed"),
+            }
+            result
+        }
+        Command::Demo { events } => walhook::demo::run(token, events).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("walhook: cannot start the async runtime: {err}");
+            return ExitCode::from(exit::UNEXPECTED);
+        }
+    };
+    match runtime.block_on(main_inner(cli)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => {
+            eprintln!("walhook: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The source: PostgreSQL logical replication.
+//!
+//! - [`setup`]: preflight checks (`walhook check`), publication and slot
+//!   management. The publication is always created before the slot: a slot
+//!   created first cannot decode changes of a publication that did not exist
+//!   when it started.
+//! - [`capture`]: the replication session (pgwire-replication), reconnecting
+//!   with backoff, decoding pgoutput and handing row changes to the store
+//!   writer; see its design note for the acknowledgement rule.
+//! - [`pgoutput`]: a pure `&[u8] → Message` decoder that never panics.
+//! - [`value`]: Postgres text values → JSON with the digits Postgres printed.
+//!
+//! Errors from Postgres are classified by SQLSTATE ([`SourceError::sqlstate`]),
+//! never by message text.
+
+pub mod capture;
+pub mod pgoutput;
+pub mod setup;
+pub mod value;
+
+use std::str::FromStr;
+
+use crate::config::SourceConfig;
+
+/// Session settings pinned on every connection, replication included:
+/// pgoutput renders values with the walsender session's settings, so a role's
+/// or database's own `TimeZone`/`DateStyle` must not change our output.
+pub const SESSION_OPTIONS: &str =
+    "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex";
+
+/// Errors of the source boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The database cannot be reached (network, DNS, refused).
+    #[error("cannot connect to PostgreSQL at {target}: {source}; check source.url and that the server is running and reachable")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Authentication failed (SQLSTATE 28P01 / 28000).
+    #[error("PostgreSQL rejected the login of role '{user}' ({detail}); check the user and password in source.url")]
+    Auth { user: String, detail: String },
+    /// A SQL statement failed.
+    #[error("{context}: {source}")]
+    Sql {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A precondition of the database is not met; `fix` says what to do.
+    #[error("{problem}; {fix}")]
+    Precondition { problem: String, fix: String },
+    /// The replication slot is gone although the store shows earlier progress.
+    #[error("replication slot '{slot}' is {state} but the store has events up to LSN {durable}: changes since then are lost to us; resync required (drop the store directory and start again, or restore the slot). walhook never recreates a slot silently")]
+    SlotLost {
+        slot: String,
+        state: String,
+        durable: String,
+    },
+    /// The replication stream failed.
+    #[error("replication stream: {0}")]
+    Replication(#[source] pgwire_replication::PgWireError),
+    /// A pgoutput message could not be decoded.
+    #[error("cannot decode a replication message: {0}")]
+    Decode(#[from] pgoutput::DecodeError),
+    /// A change could not be mapped to an event (never dropped silently).
+    #[error("cannot map a change to an event: {0}")]
+    Map(#[from] crate::event::mapping::MapError),
+    /// The store writer stopped (its own error is reported separately).
+    #[error("the store writer stopped")]
+    StoreGone,
+}
+
+impl SourceError {
+    /// The SQLSTATE of a server error, when there is one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            SourceError::Connect { source, .. } | SourceError::Sql { source, .. } => {
+                source.code().map(|c| c.code().to_string())
+            }
+            SourceError::Replication(e) => replication_sqlstate(e),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying later can help (network trouble, server restarting,
+    /// slot busy) as opposed to a configuration or database problem that
+    /// needs a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Connect { .. } => true,
+            SourceError::Replication(e) => {
+                if let Some(code) = replication_sqlstate(e) {
+                    sqlstate_is_transient(&code)
+                } else {
+                    !matches!(
+                        e,
+                        pgwire_replication::PgWireError::Auth(_)
+                            | pgwire_replication::PgWireError::Tls(_)
+                            | pgwire_replication::PgWireError::MessageTooLarge { .. }
+                    )
+                }
+            }
+            SourceError::Sql { source, .. } => match source.code() {
+                Some(code) => sqlstate_is_transient(code.code()),
+                None => true,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATE classes worth retrying: connection exceptions (08), insufficient
+/// resources (53), operator intervention (57: admin shutdown, cannot connect
+/// now), and 55006 (object in use: the slot is still held by a previous
+/// walsender that has not noticed our old connection is gone).
+fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55006"
+}
+
+/// pgwire-replication reports server errors as "message (SQLSTATE xxxxx)";
+/// the code is the machine-readable part, so that is what we match on.
+fn replication_sqlstate(e: &pgwire_replication::PgWireError) -> Option<String> {
+    let text = match e {
+        pgwire_replication::PgWireError::Server(s) | pgwire_replication::PgWireError::Auth(s) => s,
+        _ => return None,
+    };
+    let start = text.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
+    let code: String = text[start..].chars().take(5).collect();
+    (code.len() == 5).then_some(code)
+}
+
+/// Connection parameters parsed from `source.url`.
+#[derive(Clone)]
+pub struct ConnParams {
+    pg: tokio_postgres::Config,
+    /// host for display and for the replication connection
+    pub host: String,
+    /// TCP port
+    pub port: u16,
+    /// role name
+    pub user: String,
+    /// database name
+    pub dbname: String,
+    password: String,
+    ssl_mode: tokio_postgres::config::SslMode,
+}
+
+impl std::fmt::Debug for ConnParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.target())
+    }
+}
+
+impl ConnParams {
+    /// Parses `source.url` (already validated by the config module).
+    pub fn from_config(source: &SourceConfig) -> Result<Self, SourceError> {
+        let invalid = |problem: &str| SourceError::Precondition {
+            problem: format!("source.url {problem}"),
+            fix: "use postgres://user:password@host:port/dbname".into(),
+        };
+        let mut pg = tokio_postgres::Config::from_str(source.url.expose())
+            .map_err(|_| invalid("is not a valid PostgreSQL connection string"))?;
+        let host = match pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let user = pg
+            .get_user()
+            .map(str::to_string)
+            .ok_or_else(|| invalid("has no user"))?;
+        let dbname = pg
+            .get_dbname()
+            .map(str::to_string)
+            .unwrap_or_else(|| user.clone());
+        let password = pg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let ssl_mode = pg.get_ssl_mode();
+        pg.options(SESSION_OPTIONS);
+        pg.application_name("walhook");
+        pg.connect_timeout(source.connect_timeout.get());
+        Ok(ConnParams {
+            pg,
+            host,
+            port,
+            user,
+            dbname,
+            password,
+            ssl_mode,
+        })
+    }
+
+    /// `user@host:port/db`, never the password.
+    pub fn target(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    /// Opens an ordinary SQL connection (slots, publications, checks).
+    pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SourceError> {
+        if matches!(self.ssl_mode, tokio_postgres::config::SslMode::Require) {
+            return Err(SourceError::Precondition {
+                problem: "sslmode=require is not supported for walhook's SQL connections yet"
+                    .into(),
+                fix: "use sslmode=prefer or disable, or connect through a local TLS proxy".into(),
+            });
+        }
+        match self.pg.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %err, "sql connection ended");
+                    }
+                });
+                Ok(client)
+            }
+            Err(err) => Err(self.classify_connect_error(err)),
+        }
+    }
+
+    fn classify_connect_error(&self, err: tokio_postgres::Error) -> SourceError {
+        match err.code().map(|c| c.code().to_string()).as_deref() {
+            Some("28P01") | Some("28000") => SourceError::Auth {
+                user: self.user.clone(),
+                detail: err
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| "authentication failed".into()),
+            },
+            Some("3D000") => SourceError::Precondition {
+                problem: format!("database '{}' does not exist", self.dbname),
+                fix: "fix the database name in source.url".into(),
+            },
+            Some(_) => SourceError::Sql {
+                context: format!("cannot open a session on {}", self.target()),
+                source: err,
+            },
+            None => SourceError::Connect {
+                target: self.target(),
+                source: err,
+            },
+        }
+    }
+
+    /// Parameters for the replication connection (pgwire-replication).
+    pub fn replication_config(
+        &self,
+        slot: &str,
+        publication: &str,
+    ) -> pgwire_replication::ReplicationConfig {
+        use pgwire_replication::{SslMode, TlsConfig};
+        // pgwire-replication does not read sslmode itself: TLS is set here,
+        // explicitly, from the URL's sslmode.
+        let tls = match self.ssl_mode {
+            tokio_postgres::config::SslMode::Disable => TlsConfig::disabled(),
+            tokio_postgres::config::SslMode::Require => TlsConfig::require(),
+            _ => {
+                let mut tls = TlsConfig::disabled();
+                tls.mode = SslMode::Prefer;
+                tls
+            }
+        };
+        pgwire_replication::ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.dbname.clone(),
+            slot.to_string(),
+            publication.to_string(),
+        )
+        .with_port(self.port)
+        .with_tls(tls)
+        .with_options(SESSION_OPTIONS)
+        .with_application_name("walhook")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_from_replication_error_text() {
+        let e = pgwire_replication::PgWireError::Server(
+            "replication slot \"s\" is active for PID 12 (SQLSTATE 55006)".into(),
+        );
+        assert_eq!(replication_sqlstate(&e).as_deref(), Some("55006"));
+        assert!(SourceError::Replication(e).is_transient());
+        let e = pgwire_replication::PgWireError::Server(
+            "logical decoding requires wal_level >= logical (SQLSTATE 55000)".into(),
+        );
+        assert!(!SourceError::Replication(e).is_transient());
+    }
+
+    #[test]
+    fn transient_classes() {
+        assert!(sqlstate_is_transient("08006"));
+        assert!(sqlstate_is_transient("57P01"));
+        assert!(!sqlstate_is_transient("42501"));
+        assert!(!sqlstate_is_transient("28P01"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The binary's checks and exit codes on good and bad input.
+
+use std::process::Output;
+
+use crate::pipeline::db_name;
+use crate::runner::{run_cli, scratch_dir, ConfigText};
+use crate::support::db::TestDb;
+use walhook::demo::cluster::{ClusterOptions, TempCluster};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn check(config: &std::path::Path) -> Output {
+    run_cli(&["check", "-c", config.to_str().unwrap()])
+}
+
+fn write(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn bad_configs_exit_2_and_name_the_problem() {
+    let dir = scratch_dir("badcfg");
+    let ok_head = "[source]\nurl = \"postgres://u:p@127.0.0.1:1/db\"\n[[tables]]\nname = \"t\"\n";
+
+    let out = check(&write(&dir, "[source\nurl = 1"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("line 1"), "{}", text(&out));
+
+    let out = check(&write(&dir, &format!("{ok_head}colour = \"red\"\n")));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("colour"), "{}", text(&out));
+
+    let out = check(&write(
+        &dir,
+        &format!("{ok_head}[[subscriptions]]\nname = \"x\"\nurl = \"http://h/\"\ntimeout = \"ten seconds\"\n"),
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("timeout"), "{}", text(&out));
+
+    let out = check(&write(
+        &dir,
+        &format!("{ok_head}[[subscriptions]]\nname = \"x\"\nurl = \"not a url\"\n"),
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("subscriptions[0].url"),
+        "{}",
+        text(&out)
+    );
+
+    let out = check(&write(
+        &dir,
+        "[source]\nurl = \"postgres://u:${WALHOOK_TEST_UNSET_VAR}@127.0.0.1:1/db\"\n[[tables]]\nname = \"t\"\n",
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("WALHOOK_TEST_UNSET_VAR"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run_cli(&["check", "-c", dir.join("missing.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_then_names_database_problems_with_exit_3() {
+    let db = TestDb::new().await;
+    db.execute(
+        "CREATE TABLE good (id int PRIMARY KEY);
+         CREATE TABLE nokey (x int);
+         CREATE ROLE plain_role LOGIN PASSWORD 'pw';",
+    )
+    .await;
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let good = ConfigText::new(&db.url(), &name, &dir.join("store"))
+        .table("name = \"good\"")
+        .subscription("hook", "http://127.0.0.1:9/hook", "")
+        .write(&dir);
+    let out = check(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("wal_level is logical"), "{t}");
+    assert!(t.contains("table public.good"), "{t}");
+    assert!(t.contains("all checks passed"), "{t}");
+    // check creates nothing
+    assert_eq!(
+        db.query_one_i64(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'"
+        ))
+        .await,
+        0
+    );
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            ConfigText::new(&db.url(), &name, &dir.join("store"))
+                .table("name = \"public.nope\"")
+                .render(),
+            "public.nope does not exist",
+        ),
+        (
+            ConfigText::new(&db.url(), &name, &dir.join("store"))
+                .table("name = \"nokey\"")
+                .render(),
+            "REPLICA IDENTITY FULL",
+        ),
+        (
+            ConfigText::new(
+                &url_with_user(&db.url(), "postgres", "wrongpw-s3cret"),
+                &name,
+                &dir.join("store"),
+            )
+            .table("name = \"good\"")
+            .render(),
+            "rejected the login",
+        ),
+        (
+            ConfigText::new(
+                &url_with_user(&db.url(), "plain_role", "pw"),
+                &name,
+                &dir.join("store"),
+            )
+            .table("name = \"good\"")
+            .render(),
+            "REPLICATION privilege",
+        ),
+        (
+            ConfigText::new("postgres://u:p@127.0.0.1:1/db", &name, &dir.join("store"))
+                .source("max_connect_attempts = 1")
+                .table("name = \"good\"")
+                .render(),
+            "cannot connect",
+        ),
+    ];
+    for (config, expected) in cases {
+        let path = write(&dir, &config);
+        let out = check(&path);
+        let t = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "expected exit 3 for {expected}: {t}"
+        );
+        assert!(t.contains(expected), "expected '{expected}' in: {t}");
+        assert!(
+            !t.contains("wrongpw-s3cret"),
+            "the password never appears: {t}"
+        );
+    }
+    // `run` refuses to start on the same failure and leaves nothing behind.
+    let path = write(
+        &dir,
+        &ConfigText::new(&db.url(), &name, &dir.join("store"))
+            .table("name = \"nokey\"")
+            .render(),
+    );
+    let out = run_cli(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        db.query_one_i64(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{name}'"
+        ))
+        .await,
+        0,
+        "no publication created for a failed start"
+    );
+    // The application's UPDATE of the key-less table still works.
+    db.execute("INSERT INTO nokey VALUES (1); UPDATE nokey SET x = 2")
+        .await;
+}
+
+fn url_with_user(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (_, host) = rest.split_once('@').unwrap();
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_is_refused_with_exit_3() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        TempCluster::start(ClusterOptions {
+            wal_level: "replica".into(),
+            ..ClusterOptions::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let dir = scratch_dir("replica");
+    let path = ConfigText::new(&cluster.url("postgres"), "s", &dir.join("store"))
+        .table("name = \"pg_class_copy\"")
+        .write(&dir);
+    let out = check(&path);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("wal_level must be logical (found: replica)"),
+        "{t}"
+    );
+}
+
+#[test]
+fn demo_shows_events_and_cleans_up() {
+    let out = run_cli(&["demo", "--events", "4"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("data_create"), "{t}");
+    assert!(t.contains("signature ok"), "{t}");
+}

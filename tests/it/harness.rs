@@ -1,0 +1,191 @@
+//! Checks of the test support itself: the throwaway cluster and the scripted receiver.
+
+use std::time::Duration;
+
+use crate::support::db::{parse_lsn, start_cluster, TestDb};
+use crate::support::receiver::{Reply, TestReceiver};
+use walhook::demo::cluster::{ClusterOptions, StopMode};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn shared_cluster_is_logical_and_databases_are_fresh() {
+    let (a, b) = tokio::join!(TestDb::new(), TestDb::new());
+    assert_ne!(a.name(), b.name());
+    assert_eq!(a.query_one_string("SHOW wal_level").await, "logical");
+    assert_eq!(
+        a.cluster().port(),
+        b.cluster().port(),
+        "one cluster per binary"
+    );
+
+    a.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+        .await;
+    assert_eq!(a.query_one_i64("SELECT count(*) FROM t").await, 2);
+    let in_b = b
+        .query_one_i64("SELECT count(*) FROM pg_tables WHERE tablename = 't'")
+        .await;
+    assert_eq!(in_b, 0, "each test gets a fresh database");
+
+    let slot = a.slot_name();
+    assert_eq!(a.slot_confirmed_flush_lsn(&slot).await, None);
+    a.execute(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ))
+    .await;
+    let confirmed = a
+        .slot_confirmed_flush_lsn(&slot)
+        .await
+        .expect("a new slot has a confirmed_flush_lsn");
+    assert!(confirmed > 0);
+    assert!(a.wal_lsn().await >= confirmed);
+    assert!(!a.slot_active(&slot).await, "nobody streams from it");
+    a.execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        .await;
+}
+
+#[tokio::test]
+async fn dedicated_replica_cluster_survives_fast_and_immediate_restarts() {
+    let cluster = start_cluster(ClusterOptions {
+        wal_level: "replica".to_owned(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let db = TestDb::on(cluster.clone()).await;
+    assert_eq!(db.query_one_string("SHOW wal_level").await, "replica");
+    let err = db
+        .client()
+        .batch_execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
+        .await
+        .expect_err("logical slots need wal_level = logical");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+    );
+    db.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await;
+
+    for mode in [StopMode::Fast, StopMode::Immediate] {
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.stop(mode))
+            .await
+            .expect("stop task")
+            .expect("stop the cluster");
+        assert!(!cluster.is_running());
+        assert!(tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .is_err());
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.start_again())
+            .await
+            .expect("start task")
+            .expect("start the cluster again");
+        let client = db.connect().await;
+        let row = client
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .expect("count after restart");
+        assert_eq!(row.get::<_, i64>(0), 1, "committed rows survive {mode:?}");
+    }
+
+    let root = cluster.root().to_path_buf();
+    assert!(root.exists());
+    drop(db);
+    let cluster = std::sync::Arc::into_inner(cluster).expect("no other handle");
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .expect("drop task");
+    if std::env::var("WALHOOK_KEEP_PG").is_err() {
+        assert!(
+            !root.exists(),
+            "dropping the cluster deletes {}",
+            root.display()
+        );
+    }
+}
+
+#[test]
+fn lsn_text_is_parsed() {
+    assert_eq!(parse_lsn("0/16B3748"), 0x16B_3748);
+    assert_eq!(parse_lsn("1/0"), 1 << 32);
+}
+
+#[tokio::test]
+async fn receiver_records_requests_and_follows_the_script() {
+    let receiver = TestReceiver::start().await;
+    let http = reqwest::Client::new();
+    receiver.set_script(vec![
+        Reply::Status(500),
+        Reply::StatusWithHeaders(429, vec![("Retry-After".into(), "3".into())]),
+    ]);
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..3 {
+        let response = http
+            .post(format!("{}/hook?n={i}", receiver.url()))
+            .header("webhook-id", format!("msg_{i}"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "n": i }).to_string())
+            .send()
+            .await
+            .expect("post to the receiver");
+        statuses.push(response.status().as_u16());
+        retry_after = retry_after.or(response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().expect("ascii").to_owned()));
+    }
+    assert_eq!(statuses, [500, 429, 200], "script, then the default");
+    assert_eq!(retry_after.as_deref(), Some("3"));
+
+    let requests = receiver.wait_for(3, WAIT).await;
+    assert_eq!(requests[0].method, "POST");
+    assert_eq!(requests[0].path, "/hook?n=0");
+    assert_eq!(requests[1].header("Webhook-Id"), Some("msg_1"));
+    assert_eq!(requests[2].reply, Reply::Status(200));
+    assert_eq!(
+        requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 429, 200]
+    );
+    assert_eq!(requests[0].header("content-type"), Some("application/json"));
+    assert!(requests[0].at <= requests[1].at);
+    assert_eq!(
+        receiver.events(),
+        [0, 1, 2].map(|n| serde_json::json!({ "n": n }))
+    );
+    assert_eq!(receiver.events_after_wait(3, WAIT).await, receiver.events());
+}
+
+#[tokio::test]
+async fn receiver_delays_and_hangs() {
+    let receiver = TestReceiver::start().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    receiver.set_script(vec![Reply::Delay(Duration::from_millis(50), 204)]);
+    receiver.set_default(Reply::Hang);
+
+    let delayed = http.post(receiver.url()).body("x").send().await;
+    assert_eq!(delayed.expect("delayed reply").status().as_u16(), 204);
+    let hung = http.post(receiver.url()).body("y").send().await;
+    assert!(hung.expect_err("no reply").is_timeout());
+    // Hung requests are recorded too.
+    let requests = receiver.wait_for(2, WAIT).await;
+    assert_eq!(requests[1].body.as_ref(), b"y");
+    assert_eq!(requests[1].status, 0, "a hung request has no status");
+}
+
+#[tokio::test]
+#[should_panic(expected = "timed out after 200ms waiting for 2 request(s); 1 arrived")]
+async fn receiver_wait_for_reports_what_arrived() {
+    let receiver = TestReceiver::start().await;
+    reqwest::Client::new()
+        .put(format!("{}/only-one", receiver.url()))
+        .body("{\"lonely\":true}")
+        .send()
+        .await
+        .expect("put");
+    receiver.wait_for(2, Duration::from_millis(200)).await;
+}

@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used)]
+//! walhook's integration tests: one binary, one PostgreSQL cluster shared by
+//! the tests (a fresh database, slot and publication per test), real HTTP
+//! receivers on 127.0.0.1, and the real walhook binary where a test needs to
+//! kill it or read its exit code.
+
+mod cli;
+mod crash;
+mod harness;
+mod pipeline;
+mod runner;
+mod support;

@@ -1,0 +1,201 @@
+//! Runs walhook for a test: in-process (fast, for most scenarios) or as the
+//! real binary (for crash tests and exit codes).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use walhook::app::{self, Error, Hooks};
+
+/// A unique scratch directory for a test.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "walhook-it-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Builds a config text.
+pub struct ConfigText {
+    pub db_url: String,
+    pub slot: String,
+    pub store: PathBuf,
+    pub tables: String,
+    pub subscriptions: String,
+    pub extra_source: String,
+}
+
+impl ConfigText {
+    /// A config for `db_url` with slot/publication named `slot`.
+    pub fn new(db_url: &str, slot: &str, store: &Path) -> Self {
+        ConfigText {
+            db_url: db_url.to_string(),
+            slot: slot.to_string(),
+            store: store.to_path_buf(),
+            tables: String::new(),
+            subscriptions: String::new(),
+            extra_source: String::new(),
+        }
+    }
+
+    pub fn table(mut self, toml: &str) -> Self {
+        self.tables.push_str("[[tables]]\n");
+        self.tables.push_str(toml);
+        self.tables.push('\n');
+        self
+    }
+
+    pub fn subscription(mut self, name: &str, url: &str, extra: &str) -> Self {
+        self.subscriptions.push_str(&format!(
+            "[[subscriptions]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n"
+        ));
+        self
+    }
+
+    pub fn source(mut self, line: &str) -> Self {
+        self.extra_source.push_str(line);
+        self.extra_source.push('\n');
+        self
+    }
+
+    pub fn render(&self) -> String {
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n\n{}\n{}",
+            self.db_url,
+            self.slot,
+            self.slot,
+            self.extra_source,
+            self.store.display(),
+            self.tables,
+            self.subscriptions
+        )
+    }
+
+    pub fn parse(&self) -> walhook::config::Config {
+        walhook::config::from_str_with_env(&self.render(), "test.toml", &|_| None)
+            .unwrap_or_else(|e| panic!("test config does not parse: {e}\n{}", self.render()))
+    }
+
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("walhook.toml");
+        std::fs::write(&path, self.render()).unwrap();
+        path
+    }
+}
+
+/// walhook running in-process.
+pub struct InProcess {
+    pub token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl InProcess {
+    /// Starts walhook and waits until replication is streaming.
+    pub async fn start(cfg: walhook::config::Config) -> InProcess {
+        let token = CancellationToken::new();
+        let streaming = Arc::new(Notify::new());
+        let s = streaming.clone();
+        let hooks = Hooks {
+            on_streaming: Some(Arc::new(move || s.notify_one())),
+        };
+        let t = token.clone();
+        let mut handle = tokio::spawn(async move { app::run(cfg, t, hooks).await });
+        tokio::select! {
+            _ = streaming.notified() => {}
+            r = &mut handle => panic!("walhook stopped before streaming: {:?}", r.unwrap()),
+            _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("walhook did not start streaming within 30 s"),
+        }
+        InProcess { token, handle }
+    }
+
+    /// Stops walhook cleanly and returns its result.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("walhook did not stop within 30 s")
+            .expect("walhook task panicked")
+    }
+}
+
+/// Path of the walhook binary built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_walhook")
+}
+
+/// Runs `walhook ARGS` to completion.
+pub fn run_cli(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run the walhook binary")
+}
+
+/// Spawns `walhook run -c CONFIG` as a child process, its output in `log`.
+pub fn spawn_run(config: &Path, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    Command::new(binary())
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("cannot spawn walhook")
+}
+
+/// Sends SIGTERM (a clean stop) to a child.
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child to exit, with a timeout.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("walhook did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
