@@ -32,7 +32,11 @@ fn bad_configs_exit_2_and_name_the_problem() {
 
     let out = check(&write(&dir, "[source\nurl = 1"));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("line 1"), "{}", text(&out));
+    assert!(
+        text(&out).contains("bad.toml:1:"),
+        "file:line:col: {}",
+        text(&out)
+    );
 
     let out = check(&write(&dir, &format!("{ok_head}colour = \"red\"\n")));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
