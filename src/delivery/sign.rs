@@ -62,6 +62,14 @@ impl fmt::Debug for SigningKey {
 }
 
 /// The `webhook-signature` header value: one signature per key, space-separated.
+///
+/// The Standard Webhooks specification's published test vector:
+/// ```
+/// use walhook::delivery::{signature_header, SigningKey};
+/// let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+/// let header = signature_header(&[key], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+/// assert_eq!(header, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+/// ```
 pub fn signature_header(keys: &[SigningKey], id: &str, timestamp: u64, body: &[u8]) -> String {
     keys.iter()
         .map(|key| key.sign(id, timestamp, body))

@@ -68,11 +68,19 @@ pub struct EventSource {
 }
 
 /// The id of the `index`-th event (from 0) of the transaction committed at `commit_lsn`.
+///
+/// ```
+/// assert_eq!(walhook::event::event_id(0x16B3748, 3), "00000000016B3748-0003");
+/// ```
 pub fn event_id(commit_lsn: u64, index: u32) -> String {
     format!("{commit_lsn:016X}-{index:04}")
 }
 
 /// An LSN as Postgres prints it: `"0/16B3748"`.
+///
+/// ```
+/// assert_eq!(walhook::event::lsn_text(0x1_0000_00A0), "1/A0");
+/// ```
 pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }

@@ -90,6 +90,16 @@ async fn every_type_family_create_update_delete() {
             ia2 int4[][], nan numeric, inf float8, ip inet, e mood, nul text, password text)",
     )
     .await;
+    // Settings a role or database may carry must not change our output: the
+    // replication session pins its own.
+    db.execute(&format!(
+        "ALTER DATABASE {db} SET TimeZone = 'America/St_Johns';
+         ALTER DATABASE {db} SET DateStyle = 'SQL, DMY';
+         ALTER DATABASE {db} SET extra_float_digits = -3;
+         ALTER DATABASE {db} SET bytea_output = 'escape';",
+        db = db.name()
+    ))
+    .await;
     let receiver = TestReceiver::start().await;
     let cfg = base_config(
         &db,
@@ -415,5 +425,68 @@ async fn failing_endpoint_does_not_hold_back_the_slot() {
         (ok.len() == 20).then_some(())
     })
     .await;
+    wh.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slot_advances_while_other_tables_are_busy() {
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id int, pad text)")
+        .await;
+    let receiver = TestReceiver::start().await;
+    let name = db_name(&db);
+    let cfg = base_config(&db, &receiver, &["name = \"quiet\""]).parse();
+    let wh = InProcess::start(cfg).await;
+    // Only the unpublished table is written: nothing reaches us but WAL grows.
+    db.execute("INSERT INTO busy SELECT i, repeat('x', 200) FROM generate_series(1, 20000) i")
+        .await;
+    let after = db.wal_lsn().await;
+    eventually(
+        WAIT,
+        "the idle slot to move past the busy table's WAL",
+        || async {
+            let lsn = db.slot_confirmed_flush_lsn(&name).await?;
+            (lsn >= after).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        receiver.requests().is_empty(),
+        "no events for an unpublished table"
+    );
+    wh.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_does_not_delay_another_subscription() {
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE iso (id int PRIMARY KEY)").await;
+    let healthy = TestReceiver::start().await;
+    let dead = TestReceiver::start().await;
+    dead.set_default(crate::support::receiver::Reply::Status(503));
+    let cfg = base_config(&db, &healthy, &["name = \"iso\""])
+        .subscription(
+            "dead",
+            &dead.url(),
+            "retry = { max_attempts = 1000, initial = \"1s\", max = \"1s\" }",
+        )
+        .parse();
+    let wh = InProcess::start(cfg).await;
+    db.execute("INSERT INTO iso SELECT generate_series(1, 200)")
+        .await;
+    let ev = healthy.events_after_wait(200, WAIT).await;
+    let ids: Vec<i64> = ev
+        .iter()
+        .map(|e| e["data"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=200).collect::<Vec<_>>(),
+        "healthy endpoint gets all, in order"
+    );
+    assert!(
+        !dead.requests().is_empty() && dead.requests().len() < 10,
+        "the dead endpoint is retried with backoff, one event at a time"
+    );
     wh.stop().await.unwrap();
 }
