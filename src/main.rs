@@ -45,9 +45,10 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+/// `default_level` applies unless `RUST_LOG` is set.
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -98,7 +99,11 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo's own lines tell the story; walhook's logs would drown them.
+    init_tracing(match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -490,3 +490,61 @@ async fn a_dead_endpoint_does_not_delay_another_subscription() {
     );
     wh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_with_prior_progress_stops_with_exit_4() {
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE lost (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let name = db_name(&db);
+    let cfg = base_config(&db, &receiver, &["name = \"lost\""]);
+    let wh = InProcess::start(cfg.parse()).await;
+    db.execute("INSERT INTO lost VALUES (1)").await;
+    receiver.wait_for(1, WAIT).await;
+    wh.stop().await.unwrap();
+    db.execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+        .await;
+    let err = walhook::app::run(
+        cfg.parse(),
+        tokio_util::sync::CancellationToken::new(),
+        walhook::app::Hooks::default(),
+    )
+    .await
+    .expect_err("a lost slot must stop walhook");
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains("resync"), "{err}");
+    assert_eq!(
+        db.query_one_i64(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'"
+        ))
+        .await,
+        0,
+        "the slot is never recreated silently"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_walhook_on_the_same_store_fails_fast_with_exit_5() {
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE two (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let cfg = base_config(&db, &receiver, &["name = \"two\""]);
+    let first = InProcess::start(cfg.parse()).await;
+    let err = tokio::time::timeout(
+        WAIT,
+        walhook::app::run(
+            cfg.parse(),
+            tokio_util::sync::CancellationToken::new(),
+            walhook::app::Hooks::default(),
+        ),
+    )
+    .await
+    .expect("the second instance fails fast")
+    .expect_err("the store is locked");
+    assert_eq!(err.exit_code(), 5, "{err}");
+    assert!(err.to_string().contains("another walhook"), "{err}");
+    // The first one is unaffected.
+    db.execute("INSERT INTO two VALUES (1)").await;
+    receiver.wait_for(1, WAIT).await;
+    first.stop().await.unwrap();
+}

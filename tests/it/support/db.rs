@@ -33,7 +33,17 @@ static SHARED: OnceCell<Arc<TempCluster>> = OnceCell::const_new();
 pub async fn shared_cluster() -> Arc<TempCluster> {
     SHARED
         .get_or_init(|| async {
-            let cluster = start_cluster(ClusterOptions::default()).await;
+            // Every test has its own slot (slots are cluster-wide), and each
+            // walhook holds a walsender: room for the whole suite.
+            let cluster = start_cluster(ClusterOptions {
+                extra_conf: vec![
+                    "max_replication_slots = 100".into(),
+                    "max_wal_senders = 100".into(),
+                    "max_connections = 300".into(),
+                ],
+                ..ClusterOptions::default()
+            })
+            .await;
             if std::env::var("WALHOOK_KEEP_PG").is_ok_and(|v| v == "1") {
                 eprintln!(
                     "shared test cluster: {} (port {}, log {})",
