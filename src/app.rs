@@ -36,8 +36,8 @@ const WRITER_QUEUE_ITEMS: usize = 8;
 /// up to this many items.
 const GROUP_COMMIT_ITEMS: usize = 64;
 
-/// How often retention cleanup runs.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often retention cleanup and the backlog check run.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Every error that can end walhook; [`Error::exit_code`] maps it.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +204,7 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         let store = store.clone();
         let cfg = cfg.clone();
         let token = token.clone();
-        tasks.spawn(async move { pruner(store, cfg, token).await });
+        tasks.spawn(async move { housekeeping(store, cfg, token).await });
     }
 
     let mut errors: Vec<Error> = Vec::new();
@@ -306,11 +306,17 @@ async fn store_writer(
     Ok(())
 }
 
-/// Deletes events past retention that every subscription has passed.
-async fn pruner(store: Store, cfg: Arc<Config>, token: CancellationToken) -> Result<(), Error> {
+/// Periodic store upkeep: deletes events past retention that every
+/// subscription has passed, and warns about backlogs over `store.max_backlog`.
+async fn housekeeping(
+    store: Store,
+    cfg: Arc<Config>,
+    token: CancellationToken,
+) -> Result<(), Error> {
     let retention = cfg.store.retention.get();
+    let max_backlog = cfg.store.max_backlog;
     let names: Vec<String> = cfg.subscriptions.iter().map(|s| s.name.clone()).collect();
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -321,9 +327,26 @@ async fn pruner(store: Store, cfg: Arc<Config>, token: CancellationToken) -> Res
         let s = store.clone();
         let names = names.clone();
         let now_ms = now_ms();
-        let deleted = blocking(move || s.prune(retention, now_ms, &names)).await?;
+        let (deleted, backlogs) = blocking(move || {
+            let deleted = s.prune(retention, now_ms, &names)?;
+            let mut backlogs = Vec::new();
+            if max_backlog.is_some() {
+                for name in &names {
+                    if s.subscription(name)?.is_some() {
+                        backlogs.push((name.clone(), s.backlog(name)?));
+                    }
+                }
+            }
+            Ok((deleted, backlogs))
+        })
+        .await?;
         if deleted > 0 {
             tracing::info!(deleted, "retention cleanup");
+        }
+        if let Some(max) = max_backlog {
+            for (name, backlog) in backlogs.into_iter().filter(|(_, b)| *b > max) {
+                tracing::warn!(subscription = %name, backlog, max_backlog = max, "backlog above store.max_backlog; the endpoint is not keeping up");
+            }
         }
     }
 }
