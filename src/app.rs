@@ -26,7 +26,7 @@ use crate::exit;
 use crate::source::capture::{heartbeat, Capture};
 use crate::source::setup::{self, CheckLine};
 use crate::source::{ConnParams, SourceError};
-use crate::store::{Append, Store, StoreError};
+use crate::store::{Append, Start, Store, StoreError};
 
 /// Items queued between capture and the store writer. Each item is at most
 /// one chunk (≈2 MB or 1024 events), so this bounds that queue's memory.
@@ -68,7 +68,9 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) => exit::CONFIG,
             Error::Source(SourceError::SlotLost { .. }) => exit::SLOT_LOST,
-            Error::Source(SourceError::Decode(_) | SourceError::Map(_)) => exit::UNEXPECTED,
+            Error::Source(
+                SourceError::Decode(_) | SourceError::Map(_) | SourceError::Internal(_),
+            ) => exit::UNEXPECTED,
             Error::Source(SourceError::StoreGone) => exit::STORE,
             Error::Source(_) => exit::DATABASE,
             Error::Store(_) => exit::STORE,
@@ -148,9 +150,7 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         let s = store.clone();
         blocking(move || s.form_schemas()).await?
     };
-    for (form, fields) in schemas {
-        mapper.seed_schema(&form, &fields);
-    }
+    mapper.reset_schemas(schemas.iter().map(|(f, j)| (f.as_str(), j.as_str())));
     // With REPLICA IDENTITY FULL, Postgres flags every column as a key; the
     // catalog's primary key is the real one.
     for table in &resolved {
@@ -165,6 +165,29 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
     };
     let (seq_tx, seq_rx) = watch::channel(last_seq);
 
+    // Every subscription's place is fixed before capture appends anything:
+    // a new subscription starts at the end of the log as it is now, not at
+    // whatever capture appended before its worker got scheduled.
+    {
+        let s = store.clone();
+        let names: Vec<String> = cfg.subscriptions.iter().map(|s| s.name.clone()).collect();
+        blocking(move || {
+            for name in &names {
+                s.ensure_subscription(name, Start::End)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    // Built before any task starts, so a bad secret or header leaves nothing running.
+    let deliveries = Deliveries::new(store.clone(), &cfg.delivery, seq_rx, token.clone())?;
+    let workers = cfg
+        .subscriptions
+        .iter()
+        .filter(|sub| sub.enabled)
+        .map(|sub| deliveries.worker(sub))
+        .collect::<Result<Vec<_>, _>>()?;
+
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
         let store = store.clone();
@@ -175,6 +198,7 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
             cfg.clone(),
             params.clone(),
             mapper,
+            schemas,
             writer_tx,
             durable_rx,
             token.clone(),
@@ -190,13 +214,6 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         let token = token.clone();
         tasks.spawn(async move { heartbeat(params, every, token).await.map_err(Error::from) });
     }
-    let deliveries = Deliveries::new(store.clone(), &cfg.delivery, seq_rx, token.clone())?;
-    let workers = cfg
-        .subscriptions
-        .iter()
-        .filter(|sub| sub.enabled)
-        .map(|sub| deliveries.worker(sub))
-        .collect::<Result<Vec<_>, _>>()?;
     for worker in workers {
         tasks.spawn(async move { worker.await.map_err(Error::from) });
     }

@@ -257,6 +257,7 @@ impl Harness {
                 Append::Events(new),
                 Append::Commit {
                     end_lsn: 0x0100_0000 + self.next + 1,
+                    form_schemas: Vec::new(),
                 },
             ])
             .unwrap();

@@ -260,6 +260,18 @@ impl FormMapper {
         }
     }
 
+    /// Forgets every known schema and seeds the committed ones (form →
+    /// fields JSON). Capture calls this at the start of each replication
+    /// session: a transaction cut off by a disconnect may have changed the
+    /// in-memory schema, and when Postgres sends it again it must be mapped
+    /// exactly as the first time (same `form_update`, same event indexes).
+    pub fn reset_schemas<'a>(&mut self, committed: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.known_fields.clear();
+        for (form, fields_json) in committed {
+            self.seed_schema(form, fields_json);
+        }
+    }
+
     /// Records a table's primary key (from the catalog) as its default key.
     pub fn seed_primary_key(&mut self, schema: &str, table: &str, columns: Vec<String>) {
         self.primary_keys
@@ -1178,6 +1190,23 @@ mod tests {
             ),
         );
         assert_eq!(m.fields_json("orders"), Some(change.fields_json));
+    }
+
+    #[test]
+    fn reset_to_committed_schemas_replays_a_cut_off_change_identically() {
+        let committed = r#"[{"name":"id","type":"int4"},{"name":"status","type":"text"}]"#;
+        let mut m = FormMapper::new(&[table("orders")]);
+        m.reset_schemas([("orders", committed)]);
+        let first = m.on_relation(orders_rel(b'd')).unwrap().unwrap();
+        assert!(!first.initial);
+        // The transaction is cut off before its commit was stored; the next
+        // session starts from the committed schemas and sees the same change.
+        m.reset_schemas([("orders", committed)]);
+        let again = m.on_relation(orders_rel(b'd')).unwrap().unwrap();
+        assert_eq!(again, first);
+        // A form with no committed schema is forgotten, so it is initial again.
+        m.reset_schemas(std::iter::empty());
+        assert!(m.on_relation(orders_rel(b'd')).unwrap().unwrap().initial);
     }
 
     #[test]

@@ -49,7 +49,8 @@ use super::{ConnParams, SourceError};
 use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
-use crate::store::{Append, NewEvent};
+use crate::store::{Append, FormSchema, NewEvent};
+use std::collections::HashMap;
 
 /// Events the replication worker may buffer ahead of us. It counts events,
 /// not bytes, so keep it small: with 10 MB rows, 64 events are 640 MB.
@@ -70,8 +71,18 @@ const RECONNECT_INITIAL_DELAY: Duration = Duration::from_millis(500);
 /// Upper bound of the reconnect delay.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 
-/// How long a clean stop waits for the final acknowledgement to be sent.
+/// How long a clean stop waits, at least, for the final acknowledgement to be
+/// sent (and for the server to end the stream); `status_interval` is added.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long "slot is active" (SQLSTATE 55006) is retried: a bit more than
+/// Postgres's default `wal_sender_timeout` (60 s), after which the server has
+/// dropped a walsender whose client vanished.
+const SLOT_BUSY_BUDGET: Duration = Duration::from_secs(90);
+
+/// Consecutive heartbeat failures after which each failure is a warning: one
+/// failure is a blip, a series means the slot may stop advancing.
+const HEARTBEAT_WARN_AFTER: u32 = 3;
 
 /// State of the transaction being received.
 struct Tx {
@@ -79,6 +90,8 @@ struct Tx {
     index: u32,
     chunk: Vec<NewEvent>,
     chunk_bytes: usize,
+    /// schema changes seen in this transaction, stored with its commit
+    form_schemas: Vec<FormSchema>,
 }
 
 /// The capture task.
@@ -91,16 +104,20 @@ pub struct Capture {
     token: CancellationToken,
     /// the highest position handed to the writer
     last_sent: u64,
+    /// form schemas as of the last commit handed to the writer
+    committed_schemas: HashMap<String, String>,
     /// called once each session is streaming (readiness, tests)
     on_streaming: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Capture {
-    /// Builds the capture task; `durable` carries the writer's durable LSN.
+    /// Builds the capture task; `durable` carries the writer's durable LSN,
+    /// `committed_schemas` the form schemas the store holds.
     pub fn new(
         cfg: Arc<Config>,
         params: ConnParams,
         mapper: FormMapper,
+        committed_schemas: HashMap<String, String>,
         writer: mpsc::Sender<Append>,
         durable: watch::Receiver<u64>,
         token: CancellationToken,
@@ -114,6 +131,7 @@ impl Capture {
             durable,
             token,
             last_sent,
+            committed_schemas,
             on_streaming: None,
         }
     }
@@ -127,36 +145,81 @@ impl Capture {
     /// Runs sessions until cancelled or a permanent error occurs.
     pub async fn run(mut self) -> Result<(), SourceError> {
         let mut failures: u32 = 0;
+        let mut first_failure: Option<Instant> = None;
         loop {
             if self.token.is_cancelled() {
                 return Ok(());
             }
+            let durable_before = *self.durable.borrow();
             let mut streamed = false;
-            match self.session(&mut streamed).await {
+            let err = match self.session(&mut streamed).await {
                 Ok(()) => return Ok(()),
-                Err(err) if err.is_transient() => {
-                    if streamed {
-                        failures = 0;
-                    }
-                    failures += 1;
-                    if failures > self.cfg.source.max_connect_attempts {
-                        tracing::error!(error = %err, attempts = failures - 1, "giving up on the replication connection");
-                        return Err(err);
-                    }
-                    let delay = reconnect_delay(failures);
-                    tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
-                    tokio::select! {
-                        biased;
-                        _ = self.token.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(err) => return Err(err),
+                Err(err) => err,
+            };
+            if !err.is_transient() {
+                return Err(self.explain_permanent(err).await);
+            }
+            // A session that made progress resets the budget; one that only
+            // connected does not, so a server that keeps failing right
+            // after START_REPLICATION still ends in an exit.
+            if streamed && *self.durable.borrow() > durable_before {
+                failures = 0;
+                first_failure = None;
+            }
+            failures += 1;
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            // After a lost connection the server keeps the old walsender
+            // (and the slot, SQLSTATE 55006) until wal_sender_timeout
+            // notices; wait that out instead of counting attempts.
+            let slot_busy = err.sqlstate().as_deref() == Some("55006");
+            let exhausted = if slot_busy {
+                since.elapsed() > SLOT_BUSY_BUDGET
+            } else {
+                failures > self.cfg.source.max_connect_attempts
+            };
+            if exhausted {
+                tracing::error!(error = %err, attempts = failures - 1, "giving up on the replication connection");
+                return Err(self.explain_permanent(err).await);
+            }
+            let delay = reconnect_delay(failures);
+            tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
+            tokio::select! {
+                biased;
+                _ = self.token.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     }
 
+    /// A replication error we stop on may really be a slot that was dropped
+    /// or invalidated while we ran: that deserves its own exit code and
+    /// message (resync), so look before reporting.
+    async fn explain_permanent(&self, err: SourceError) -> SourceError {
+        let Ok(client) = self.params.connect_sql().await else {
+            return err;
+        };
+        let slot = &self.cfg.source.slot;
+        match super::setup::slot_info(&client, slot).await {
+            Ok(None) => SourceError::SlotLost {
+                slot: slot.clone(),
+                state: "missing (dropped while walhook ran)".into(),
+                durable: crate::event::lsn_text(*self.durable.borrow()),
+            },
+            Ok(Some(info)) if info.wal_status.as_deref() == Some("lost") => SourceError::SlotLost {
+                slot: slot.clone(),
+                state: "invalidated (wal_status = lost)".into(),
+                durable: crate::event::lsn_text(*self.durable.borrow()),
+            },
+            _ => err,
+        }
+    }
+
     async fn session(&mut self, streamed: &mut bool) -> Result<(), SourceError> {
+        self.mapper.reset_schemas(
+            self.committed_schemas
+                .iter()
+                .map(|(f, j)| (f.as_str(), j.as_str())),
+        );
         let durable = *self.durable.borrow();
         let mut rcfg = self
             .params
@@ -212,7 +275,7 @@ impl Capture {
         // Clean stop: a half-received transaction is dropped (never acked, so
         // it is sent again next time); wait for the writer to make everything
         // handed over durable, then make sure the final ack went out.
-        let deadline = Instant::now() + FINAL_ACK_TIMEOUT;
+        let deadline = Instant::now() + FINAL_ACK_TIMEOUT + self.cfg.source.status_interval.get();
         while *self.durable.borrow() < self.last_sent && Instant::now() < deadline {
             if tokio::time::timeout(Duration::from_millis(50), self.durable.changed())
                 .await
@@ -225,8 +288,15 @@ impl Capture {
         while client.feedback_pending_since().is_some() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Err(err) = client.shutdown().await {
-            tracing::debug!(error = %err, "replication shutdown");
+        // shutdown() reads until the server ends the stream; a partitioned
+        // network must not keep SIGTERM from finishing.
+        match tokio::time::timeout(FINAL_ACK_TIMEOUT, client.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(error = %err, "replication shutdown"),
+            Err(_) => {
+                tracing::warn!("the server did not end the replication stream in time; closing it");
+                client.abort();
+            }
         }
         tracing::info!(acked = %crate::event::lsn_text(*self.durable.borrow()), "replication stopped");
         Ok(())
@@ -252,6 +322,7 @@ impl Capture {
                     index: 0,
                     chunk: Vec::new(),
                     chunk_bytes: 0,
+                    form_schemas: Vec::new(),
                 });
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -259,10 +330,20 @@ impl Capture {
                 self.handle_message(msg, tx).await?;
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
+                let mut form_schemas = Vec::new();
                 if let Some(mut t) = tx.take() {
                     self.flush_chunk(&mut t).await?;
+                    form_schemas = t.form_schemas;
                 }
-                self.send(Append::Commit { end_lsn: end_lsn.0 }).await?;
+                for schema in &form_schemas {
+                    self.committed_schemas
+                        .insert(schema.form.clone(), schema.fields_json.clone());
+                }
+                self.send(Append::Commit {
+                    end_lsn: end_lsn.0,
+                    form_schemas,
+                })
+                .await?;
                 self.last_sent = self.last_sent.max(end_lsn.0);
             }
             ReplicationEvent::Message { lsn, .. } => {
@@ -289,21 +370,30 @@ impl Capture {
     ) -> Result<(), SourceError> {
         let events: Vec<Event> = match msg {
             Message::Relation(rel) => {
-                let change = self.mapper.on_relation(rel)?;
-                let Some(change) = change else {
+                let Some(change) = self.mapper.on_relation(rel)? else {
                     return Ok(());
                 };
-                self.send(Append::FormSchema {
+                let schema = FormSchema {
                     form: change.form.clone(),
                     fields_json: change.fields_json.clone(),
-                })
-                .await?;
-                match (change.initial, tx.as_mut()) {
-                    (false, Some(t)) => {
-                        let ev = self.mapper.form_update(&change, &t.ctx, t.index);
-                        vec![ev]
+                };
+                match tx.as_mut() {
+                    Some(t) => {
+                        t.form_schemas.push(schema);
+                        if change.initial {
+                            Vec::new()
+                        } else {
+                            vec![self.mapper.form_update(&change, &t.ctx, t.index)]
+                        }
                     }
-                    _ => Vec::new(),
+                    // pgoutput sends Relation inside the transaction that
+                    // uses it; should one come outside, no event depends on
+                    // it, so it only updates what we know.
+                    None => {
+                        self.committed_schemas
+                            .insert(schema.form, schema.fields_json);
+                        Vec::new()
+                    }
                 }
             }
             Message::Insert { relation_id, new } => {
@@ -347,9 +437,8 @@ impl Capture {
             return Ok(());
         };
         for ev in events {
-            let payload = serde_json::to_vec(&ev).map_err(|e| SourceError::Precondition {
-                problem: format!("cannot serialize event {}: {e}", ev.id),
-                fix: "this is a bug; please report it".into(),
+            let payload = serde_json::to_vec(&ev).map_err(|e| {
+                SourceError::Internal(format!("cannot serialize event {}: {e}", ev.id))
             })?;
             t.index += 1;
             t.chunk_bytes += payload.len();
@@ -387,9 +476,10 @@ impl Capture {
 }
 
 fn in_tx<'a>(tx: &'a mut Option<Tx>, what: &str) -> Result<&'a mut Tx, SourceError> {
-    tx.as_mut().ok_or_else(|| SourceError::Precondition {
-        problem: format!("replication stream sent {what} outside a transaction"),
-        fix: "this is a protocol error; please report it with the PostgreSQL version".into(),
+    tx.as_mut().ok_or_else(|| {
+        SourceError::Internal(format!(
+            "the replication stream sent {what} outside a transaction (please report this with the PostgreSQL version)"
+        ))
     })
 }
 
@@ -410,6 +500,7 @@ pub async fn heartbeat(
     token: CancellationToken,
 ) -> Result<(), SourceError> {
     let mut client: Option<tokio_postgres::Client> = None;
+    let mut failures: u32 = 0;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -418,19 +509,47 @@ pub async fn heartbeat(
             _ = token.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = params.connect_sql().await.ok();
-        }
-        if let Some(c) = &client {
-            if let Err(err) = c
-                .execute(
+        // Raced against cancellation: a server that stopped answering must
+        // not hold up shutdown.
+        let beat = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = Some(params.connect_sql().await?);
+            }
+            if let Some(c) = &client {
+                c.execute(
                     "SELECT pg_logical_emit_message(false, 'walhook.heartbeat', '')",
                     &[],
                 )
                 .await
-            {
-                tracing::debug!(error = %err, "heartbeat failed; will retry");
+                .map_err(|source| SourceError::Sql {
+                    context: "heartbeat".into(),
+                    source,
+                })?;
+            }
+            Ok::<(), SourceError>(())
+        };
+        let result = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(()),
+            r = tokio::time::timeout(every.max(Duration::from_secs(5)), beat) => r,
+        };
+        match result {
+            Ok(Ok(())) => failures = 0,
+            Ok(Err(err)) => {
+                failures += 1;
                 client = None;
+                if failures >= HEARTBEAT_WARN_AFTER {
+                    tracing::warn!(error = %err, failures, "heartbeat failing; an idle slot cannot advance");
+                } else {
+                    tracing::debug!(error = %err, "heartbeat failed; will retry");
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                client = None;
+                if failures >= HEARTBEAT_WARN_AFTER {
+                    tracing::warn!(failures, "heartbeat timed out; an idle slot cannot advance");
+                }
             }
         }
     }

@@ -70,6 +70,9 @@ pub enum SourceError {
     /// The store writer stopped (its own error is reported separately).
     #[error("the store writer stopped")]
     StoreGone,
+    /// Something that cannot happen did (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl SourceError {

@@ -210,10 +210,19 @@ async fn check_table(
     let oid: u32 = row.get(0);
     let identity: String = row.get(1);
     let kind: String = row.get(2);
-    if kind != "r" && kind != "p" {
+    if kind == "p" {
+        // Changes of partitioned tables arrive under the partitions' names
+        // unless the publication publishes via the root; rather than mapping
+        // them half-right, refuse clearly.
+        return Err(precondition(
+            format!("{qualified} is a partitioned table, which walhook does not capture yet"),
+            format!("list its partitions in [[tables]] instead (tables[{index}])"),
+        ));
+    }
+    if kind != "r" {
         return Err(precondition(
             format!("{qualified} is not a table (relkind '{kind}')"),
-            "only ordinary and partitioned tables can be published",
+            "only ordinary tables can be published",
         ));
     }
     let pk: Vec<String> = client
@@ -268,6 +277,18 @@ async fn check_table(
             ),
         ));
     }
+    if let (Some(key), "d") = (&table.key, identity.as_str()) {
+        if let Some(col) = key.iter().find(|c| !pk.contains(c)) {
+            return Err(precondition(
+                format!("key column '{col}' of tables[{index}] ({qualified}) is not part of the replica identity, so deletes would not carry it"),
+                format!(
+                    "use the primary key, or run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                    quote_ident(schema),
+                    quote_ident(name)
+                ),
+            ));
+        }
+    }
     if table.key.is_none() && pk.is_empty() {
         return Err(precondition(
             format!("table {qualified} has no primary key"),
@@ -291,6 +312,33 @@ async fn check_table(
             primary_key: pk,
         },
     ))
+}
+
+/// The operations walhook needs a publication to publish.
+const PUBLISHED_OPERATIONS: &str = "insert, update, delete, truncate";
+
+/// Which of insert/update/delete/truncate the publication lacks (empty when
+/// it publishes all four, or does not exist).
+async fn missing_operations(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<&'static str>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql_err("cannot read pg_publication"))?;
+    let Some(row) = row else {
+        return Ok(Vec::new());
+    };
+    Ok(["insert", "update", "delete", "truncate"]
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !row.get::<_, bool>(*i))
+        .map(|(_, op)| op)
+        .collect())
 }
 
 async fn published_tables(
@@ -338,9 +386,24 @@ async fn check_publication(cfg: &Config, client: &Client) -> Result<String, Sour
             ),
         )),
         Some(have) => {
+            let ops = missing_operations(client, name).await?;
+            if !ops.is_empty() && !cfg.source.manage_publication {
+                return Err(precondition(
+                    format!("publication '{name}' does not publish {}", ops.join(", ")),
+                    format!(
+                        "run ALTER PUBLICATION {} SET (publish = '{PUBLISHED_OPERATIONS}') (or set source.manage_publication = true)",
+                        quote_ident(name)
+                    ),
+                ));
+            }
             let missing: Vec<_> = wanted.iter().filter(|t| !have.contains(t)).cloned().collect();
-            if missing.is_empty() {
+            if missing.is_empty() && ops.is_empty() {
                 Ok(format!("publication '{name}' publishes every configured table"))
+            } else if missing.is_empty() {
+                Ok(format!(
+                    "publication '{name}' will be altered to publish {}",
+                    ops.join(", ")
+                ))
             } else if cfg.source.manage_publication {
                 Ok(format!(
                     "publication '{name}' will be altered to add {}",
@@ -460,7 +523,7 @@ pub async fn ensure_publication(cfg: &Config, client: &Client) -> Result<(), Sou
     match published_tables(client, name).await? {
         None => {
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = '{PUBLISHED_OPERATIONS}')",
                 quote_ident(name),
                 table_list(&wanted)
             );
@@ -510,12 +573,25 @@ pub async fn ensure_slot(
 ) -> Result<(), SourceError> {
     let slot = &cfg.source.slot;
     let info = slot_info(client, slot).await?;
+    let confirmed = info
+        .as_ref()
+        .and_then(|i| i.confirmed_flush.as_deref())
+        .and_then(|t| pgwire_replication::Lsn::parse(t).ok())
+        .map(|l| l.0);
     let lost_state = match &info {
         None => Some("missing".to_string()),
         Some(i) if i.wal_status.as_deref() == Some("lost") => {
             Some("invalidated (wal_status = lost)".to_string())
         }
-        _ => None,
+        // We only ever confirm what the store holds, so a slot confirmed
+        // beyond it was recreated or advanced by someone else.
+        _ => match (confirmed, durable_lsn) {
+            (Some(c), Some(d)) if c > d => Some(format!(
+                "confirmed up to {} (recreated or advanced outside walhook)",
+                crate::event::lsn_text(c)
+            )),
+            _ => None,
+        },
     };
     if let (Some(state), Some(durable)) = (&lost_state, durable_lsn) {
         return Err(SourceError::SlotLost {

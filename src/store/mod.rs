@@ -136,22 +136,29 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
+/// The current fields of a form (JSON), replacing the previous ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormSchema {
+    /// Form name.
+    pub form: String,
+    /// Fields as JSON.
+    pub fields_json: String,
+}
+
 /// One item of an append batch; the batch is one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Append {
     /// Events, stored in order.
     Events(Vec<NewEvent>),
-    /// The current fields of a form (JSON), replacing the previous ones.
-    FormSchema {
-        /// Form name.
-        form: String,
-        /// Fields as JSON.
-        fields_json: String,
-    },
     /// A transaction ended; everything up to `end_lsn` is in this batch or earlier.
     Commit {
         /// The commit's end LSN, the value Postgres' own apply worker acknowledges.
         end_lsn: u64,
+        /// Form schemas the transaction changed. They are stored with the
+        /// commit, never before it: event indexes depend on them (a
+        /// `form_update` event takes an index), so a transaction cut off and
+        /// re-sent must be mapped against the schema from before it.
+        form_schemas: Vec<FormSchema>,
     },
     /// An LSN with no events behind it (idle keepalive, heartbeat); only
     /// valid while no transaction is open.
@@ -393,12 +400,20 @@ impl Store {
                             }
                         }
                     }
-                    Append::FormSchema { form, fields_json } => {
-                        tx.prepare_cached(UPSERT_FORM)
-                            .and_then(|mut stmt| stmt.execute(params![form, fields_json, now]))
-                            .map_err(&err)?;
+                    Append::Commit {
+                        end_lsn,
+                        form_schemas,
+                    } => {
+                        for schema in form_schemas {
+                            tx.prepare_cached(UPSERT_FORM)
+                                .and_then(|mut stmt| {
+                                    stmt.execute(params![schema.form, schema.fields_json, now])
+                                })
+                                .map_err(&err)?;
+                        }
+                        lsn = lsn.max(*end_lsn);
                     }
-                    Append::Commit { end_lsn: l } | Append::Progress { lsn: l } => {
+                    Append::Progress { lsn: l } => {
                         lsn = lsn.max(*l);
                     }
                 }

@@ -44,7 +44,10 @@ fn event(lsn: u64, index: u32) -> NewEvent {
 fn tx(lsn: u64, n: u32) -> Vec<Append> {
     vec![
         Append::Events((0..n).map(|i| event(lsn, i)).collect()),
-        Append::Commit { end_lsn: lsn + 1 },
+        Append::Commit {
+            end_lsn: lsn + 1,
+            form_schemas: Vec::new(),
+        },
     ]
 }
 
@@ -159,7 +162,12 @@ fn reappend_is_ignored_and_durable_lsn_is_monotonic() {
 
     // A lower commit or progress never lowers the durable LSN.
     assert_eq!(
-        store.append(&[Append::Commit { end_lsn: 0x50 }]).unwrap(),
+        store
+            .append(&[Append::Commit {
+                end_lsn: 0x50,
+                form_schemas: Vec::new()
+            }])
+            .unwrap(),
         Some(0x201)
     );
     assert_eq!(
@@ -173,8 +181,14 @@ fn reappend_is_ignored_and_durable_lsn_is_monotonic() {
     assert_eq!(store.durable_lsn().unwrap(), Some(0x300));
     // Within one batch the maximum wins, whatever the order.
     let batch = [
-        Append::Commit { end_lsn: 0x500 },
-        Append::Commit { end_lsn: 0x400 },
+        Append::Commit {
+            end_lsn: 0x500,
+            form_schemas: Vec::new(),
+        },
+        Append::Commit {
+            end_lsn: 0x400,
+            form_schemas: Vec::new(),
+        },
     ];
     assert_eq!(store.append(&batch).unwrap(), Some(0x500));
     assert_eq!(store.append(&[]).unwrap(), Some(0x500));
@@ -188,16 +202,22 @@ fn durable_lsn_events_and_form_schemas_survive_reopen() {
     let dir = TestDir::new("reopen");
     {
         let store = Store::open(&dir.0).unwrap();
-        let mut batch = vec![Append::FormSchema {
-            form: "orders".to_owned(),
-            fields_json: r#"[{"name":"id","type":"int4"}]"#.to_owned(),
-        }];
-        batch.extend(tx(0x1_0000_0000, 4));
+        let mut batch = tx(0x1_0000_0000, 4);
+        batch.push(Append::Commit {
+            end_lsn: 0x1_0000_0001,
+            form_schemas: vec![FormSchema {
+                form: "orders".to_owned(),
+                fields_json: r#"[{"name":"id","type":"int4"}]"#.to_owned(),
+            }],
+        });
         store.append(&batch).unwrap();
         store
-            .append(&[Append::FormSchema {
-                form: "orders".to_owned(),
-                fields_json: r#"[{"name":"id","type":"int8"}]"#.to_owned(),
+            .append(&[Append::Commit {
+                end_lsn: 0x1_0000_0001,
+                form_schemas: vec![FormSchema {
+                    form: "orders".to_owned(),
+                    fields_json: r#"[{"name":"id","type":"int8"}]"#.to_owned(),
+                }],
             }])
             .unwrap();
     }
@@ -500,7 +520,10 @@ fn read_after_is_bounded_in_bytes() {
     store
         .append(&[
             Append::Events((0..5).map(big).collect()),
-            Append::Commit { end_lsn: 0x101 },
+            Append::Commit {
+                end_lsn: 0x101,
+                form_schemas: Vec::new(),
+            },
         ])
         .unwrap();
     let first = store.read_after(0, 100).unwrap();
@@ -607,7 +630,10 @@ fn a_failed_append_raises_nothing_and_the_store_recovers() {
                 })
                 .collect(),
         ),
-        Append::Commit { end_lsn: 0x201 },
+        Append::Commit {
+            end_lsn: 0x201,
+            form_schemas: Vec::new(),
+        },
     ];
     let err = store.append(&big).unwrap_err();
     assert!(err.is_full(), "{err:?}");
@@ -638,7 +664,13 @@ fn throughput_smoke() {
                     ..event(lsn, i)
                 })
                 .collect();
-            vec![Append::Events(events), Append::Commit { end_lsn: lsn + 1 }]
+            vec![
+                Append::Events(events),
+                Append::Commit {
+                    end_lsn: lsn + 1,
+                    form_schemas: Vec::new(),
+                },
+            ]
         })
         .collect();
     let started = Instant::now();

@@ -81,6 +81,8 @@ async fn check_passes_then_names_database_problems_with_exit_3() {
     db.execute(
         "CREATE TABLE good (id int PRIMARY KEY);
          CREATE TABLE nokey (x int);
+         CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE withmail (id int PRIMARY KEY, email text);
          CREATE ROLE plain_role LOGIN PASSWORD 'pw';",
     )
     .await;
@@ -117,6 +119,18 @@ async fn check_passes_then_names_database_problems_with_exit_3() {
                 .table("name = \"nokey\"")
                 .render(),
             "REPLICA IDENTITY FULL",
+        ),
+        (
+            ConfigText::new(&db.url(), &name, &dir.join("store"))
+                .table("name = \"parted\"")
+                .render(),
+            "list its partitions",
+        ),
+        (
+            ConfigText::new(&db.url(), &name, &dir.join("store"))
+                .table("name = \"withmail\"\nkey = [\"email\"]")
+                .render(),
+            "not part of the replica identity",
         ),
         (
             ConfigText::new(
@@ -220,4 +234,14 @@ fn demo_shows_events_and_cleans_up() {
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(t.contains("data_create"), "{t}");
     assert!(t.contains("signature ok"), "{t}");
+    assert!(!t.contains("INVALID"), "{t}");
+    // It removes its temporary directory (cluster and store).
+    let removed = t
+        .lines()
+        .find_map(|l| l.split("removing ").nth(1))
+        .expect("the demo says what it removes");
+    assert!(
+        !std::path::Path::new(removed.trim()).exists(),
+        "{removed} still exists"
+    );
 }

@@ -49,8 +49,11 @@ async fn kill_9_during_delivery_of_10k_rows_loses_nothing() {
         db.slot_active(&name).await.then_some(())
     })
     .await;
-    // 10 transactions of 1,000 rows.
-    for t in 0..10 {
+    // One transaction of 3,000 rows (larger than a capture chunk, so part of
+    // it is stored before its commit arrives), then 7 of 1,000.
+    db.execute("INSERT INTO k SELECT i, md5(i::text) FROM generate_series(1, 3000) i")
+        .await;
+    for t in 3..10 {
         db.execute(&format!(
             "INSERT INTO k SELECT i, md5(i::text) FROM generate_series({}, {}) i",
             t * 1000 + 1,
@@ -83,9 +86,19 @@ async fn kill_9_during_delivery_of_10k_rows_loses_nothing() {
     let ids = ids_of(&receiver);
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 10_000, "lost events");
-    // First deliveries come in commit order (ids sort in commit order).
+    // First deliveries come in commit order: (commit LSN, index) ascending.
     let mut seen = BTreeSet::new();
-    let firsts: Vec<&String> = ids.iter().filter(|id| seen.insert(*id)).collect();
+    let firsts: Vec<(u64, u32)> = ids
+        .iter()
+        .filter(|id| seen.insert(*id))
+        .map(|id| {
+            let (lsn, index) = id.split_once('-').unwrap();
+            (
+                u64::from_str_radix(lsn, 16).unwrap(),
+                index.parse().unwrap(),
+            )
+        })
+        .collect();
     let mut sorted = firsts.clone();
     sorted.sort();
     assert_eq!(firsts, sorted, "first deliveries are in commit order");
