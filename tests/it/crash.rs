@@ -164,3 +164,81 @@ async fn postgres_restart_mid_stream_loses_nothing() {
     wh.stop().await.unwrap();
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walsender_killed_mid_transaction_with_a_column_change_loses_nothing() {
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE w (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let cfg = ConfigText::new(&db.url(), &name, &dir.join("store"))
+        .table("name = \"w\"")
+        .subscription(
+            "hook",
+            &receiver.url(),
+            "ops = [\"data_create\", \"form_update\"]",
+        )
+        .parse();
+    let wh = InProcess::start(cfg).await;
+    db.execute("INSERT INTO w VALUES (0)").await;
+    receiver.wait_for(1, WAIT).await;
+    // One transaction: a column change (a form_update event at index 0),
+    // then 20,000 rows: far more than one capture chunk.
+    db.execute(
+        "BEGIN; ALTER TABLE w ADD COLUMN v int;
+         INSERT INTO w SELECT i, i FROM generate_series(1, 20000) i; COMMIT;",
+    )
+    .await;
+    // As soon as the first part of it is delivered (so the transaction is
+    // still being received), cut the replication connection.
+    receiver.wait_for(2, WAIT).await;
+    let killed = db
+        .query_one_i64(&format!(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = '{name}' AND active_pid IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(killed, 1, "the walsender was terminated");
+    eventually(WAIT, "all 20,002 events after the reconnect", || async {
+        let distinct: BTreeSet<String> = ids_of(&receiver).into_iter().collect();
+        (distinct.len() >= 20_002).then_some(())
+    })
+    .await;
+    wh.stop().await.unwrap();
+    let events: Vec<Value> = receiver
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let distinct: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(distinct.len(), 20_002, "no event lost, no id shifted");
+    let form_updates: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["op"] == "form_update")
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        form_updates.len(),
+        1,
+        "the replayed form_update keeps its id"
+    );
+    assert!(form_updates.iter().all(|id| id.ends_with("-0000")));
+    let rows: BTreeSet<i64> = events
+        .iter()
+        .filter(|e| e["op"] == "data_create")
+        .map(|e| {
+            let d = &e["data"];
+            if d["id"].as_i64().unwrap() > 0 {
+                assert_eq!(
+                    d["v"], d["id"],
+                    "rows after the change carry the new column"
+                );
+            }
+            d["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(rows, (0..=20_000).collect());
+}
