@@ -36,4 +36,5 @@ pub mod demo;
 pub mod event;
 pub mod exit;
 pub mod source;
+pub mod status;
 pub mod store;

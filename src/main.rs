@@ -35,6 +35,29 @@ enum Command {
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
     },
+    /// Deliver a sample event (op "test") to subscription NAME and print the answer.
+    ///
+    /// Uses the subscription's real method, headers and signing. Exits 0 on a 2xx.
+    /// Example: walhook send-test crm -c walhook.toml
+    SendTest {
+        /// The subscription's name.
+        name: String,
+        /// Config file (TOML).
+        #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+        config: PathBuf,
+    },
+    /// Show each subscription's backlog, dead letters, last error and state, and the slot's lag.
+    ///
+    /// Safe while `walhook run` is running (reads the store without locking it).
+    /// Example: walhook status -c walhook.toml --json
+    Status {
+        /// Config file (TOML).
+        #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway PostgreSQL and a local receiver, and show events flowing.
     ///
     /// Needs the PostgreSQL server binaries (initdb, pg_ctl). Ctrl-C cleans up.
@@ -94,6 +117,37 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
             result
         }
         Command::Demo { events } => walhook::demo::run(token, events).await,
+        Command::SendTest { name, config } => {
+            let cfg = walhook::config::load(&config)?;
+            let Some(sub) = cfg.subscriptions.iter().find(|s| s.name == name) else {
+                return Err(Error::Usage(format!(
+                    "no subscription named '{name}' in {}",
+                    config.display()
+                )));
+            };
+            let client = walhook::delivery::build_client()?;
+            let started = std::time::Instant::now();
+            let status = walhook::delivery::send_test(sub, &client).await?;
+            let ms = started.elapsed().as_millis();
+            println!("subscription '{name}': HTTP {status} in {ms} ms");
+            if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(Error::Internal(format!(
+                    "the endpoint answered HTTP {status} to the test event"
+                )))
+            }
+        }
+        Command::Status { config, json } => {
+            let cfg = walhook::config::load(&config)?;
+            let report = walhook::status::collect(&cfg).await?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -101,8 +155,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's own lines tell the story; walhook's logs would drown them.
     init_tracing(match cli.command {
-        Command::Demo { .. } => "warn",
-        _ => "info",
+        Command::Run { .. } | Command::Check { .. } => "info",
+        _ => "warn",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -68,6 +68,7 @@
 //! block: async callers wrap them in `spawn_blocking`.
 
 mod error;
+pub mod inspect;
 mod schema;
 #[cfg(test)]
 mod tests;

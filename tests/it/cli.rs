@@ -245,3 +245,103 @@ fn demo_shows_events_and_cleans_up() {
         "{removed} still exists"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_and_status_work_beside_a_running_walhook() {
+    use crate::runner::InProcess;
+    use crate::support::receiver::{Reply, TestReceiver};
+
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE st (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let failing = TestReceiver::start().await;
+    failing.set_default(Reply::Status(500));
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let cfg = ConfigText::new(&db.url(), &name, &dir.join("store"))
+        .table("name = \"st\"")
+        .subscription(
+            "hook",
+            &receiver.url(),
+            "auth = { type = \"hmac\", secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\" }",
+        )
+        .subscription(
+            "broken",
+            &failing.url(),
+            "retry = { max_attempts = 100, initial = \"10s\", max = \"10s\" }",
+        );
+    let path = cfg.write(&dir);
+    let wh = InProcess::start(cfg.parse()).await;
+    db.execute("INSERT INTO st SELECT generate_series(1, 5)")
+        .await;
+    receiver
+        .wait_for(5, std::time::Duration::from_secs(30))
+        .await;
+    failing
+        .wait_for(1, std::time::Duration::from_secs(30))
+        .await;
+
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["send-test", "hook", "-c", p.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("HTTP 200"), "{}", text(&out));
+    let test_event = receiver.events().pop().unwrap();
+    assert_eq!(test_event["op"], "test");
+    assert!(receiver
+        .requests()
+        .last()
+        .unwrap()
+        .header("webhook-signature")
+        .is_some_and(|s| s.starts_with("v1,")));
+
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["send-test", "broken", "-c", p.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("HTTP 500"), "{}", text(&out));
+
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["send-test", "nope", "-c", p.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["status", "-c", p.to_str().unwrap(), "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["slot"]["exists"], true, "{report}");
+    assert_eq!(report["slot"]["active"], true, "{report}");
+    assert_eq!(report["stored_events"], 5, "{report}");
+    let subs = report["subscriptions"].as_array().unwrap();
+    let hook = subs.iter().find(|s| s["name"] == "hook").unwrap();
+    assert_eq!(hook["backlog"], 0, "{report}");
+    let broken = subs.iter().find(|s| s["name"] == "broken").unwrap();
+    assert_eq!(broken["backlog"], 5, "{report}");
+    assert!(broken["attempts"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        broken["last_error"].as_str().unwrap_or("").contains("500"),
+        "{report}"
+    );
+
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || run_cli(&["status", "-c", p.to_str().unwrap()]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("broken"), "{}", text(&out));
+    wh.stop().await.unwrap();
+}

@@ -1,0 +1,211 @@
+//! `walhook status`: what an operator needs at a glance, read without
+//! disturbing a running walhook (the store is read without its lock, the
+//! slot through an ordinary SQL connection).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::app::Error;
+use crate::config::Config;
+use crate::store::inspect::StoreView;
+
+/// How long `status` waits for the database before reporting it unreachable.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One subscription's line.
+#[derive(Debug, Serialize)]
+pub struct SubscriptionStatus {
+    /// name
+    pub name: String,
+    /// `active`, `paused` (enabled = false), `disabled` (410 Gone) or `new`
+    pub state: String,
+    /// events stored that it has not passed yet
+    pub backlog: u64,
+    /// events delivered (2xx)
+    pub delivered: u64,
+    /// dead letters kept
+    pub dead_letters: u64,
+    /// failed attempts of the current event
+    pub attempts: u32,
+    /// the last failure, if the current event is failing
+    pub last_error: Option<String>,
+}
+
+/// The slot as Postgres reports it.
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    /// slot name
+    pub slot: String,
+    /// whether it exists
+    pub exists: bool,
+    /// whether a walsender (walhook) holds it now
+    pub active: bool,
+    /// WAL bytes between the server's current position and the slot's confirmed position
+    pub lag_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved` or `lost`
+    pub wal_status: Option<String>,
+    /// why the slot could not be read (database unreachable...)
+    pub error: Option<String>,
+}
+
+/// Everything `walhook status` prints.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// events held in the store
+    pub stored_events: u64,
+    /// the highest LSN stored durably
+    pub durable_lsn: Option<String>,
+    /// the replication slot
+    pub slot: SlotStatus,
+    /// one entry per configured subscription
+    pub subscriptions: Vec<SubscriptionStatus>,
+}
+
+impl StatusReport {
+    /// The report as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.slot;
+        match (&s.error, s.exists) {
+            (Some(err), _) => writeln!(f, "slot {}: unknown ({err})", s.slot)?,
+            (None, false) => writeln!(f, "slot {}: missing", s.slot)?,
+            (None, true) => writeln!(
+                f,
+                "slot {}: {}, lag {} bytes, wal_status {}",
+                s.slot,
+                if s.active { "active" } else { "inactive" },
+                s.lag_bytes.map_or("-".to_string(), |b| b.to_string()),
+                s.wal_status.as_deref().unwrap_or("-")
+            )?,
+        }
+        writeln!(
+            f,
+            "store: {} events, durable up to {}",
+            self.stored_events,
+            self.durable_lsn.as_deref().unwrap_or("-")
+        )?;
+        writeln!(
+            f,
+            "{:<24} {:<9} {:>9} {:>10} {:>6} {:>8}  last error",
+            "subscription", "state", "backlog", "delivered", "dead", "attempts"
+        )?;
+        for sub in &self.subscriptions {
+            writeln!(
+                f,
+                "{:<24} {:<9} {:>9} {:>10} {:>6} {:>8}  {}",
+                sub.name,
+                sub.state,
+                sub.backlog,
+                sub.delivered,
+                sub.dead_letters,
+                sub.attempts,
+                sub.last_error.as_deref().unwrap_or("-")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects the report for `cfg`.
+pub async fn collect(cfg: &Config) -> Result<StatusReport, Error> {
+    let dir = cfg.store.path.clone();
+    let (durable, events, subs) = tokio::task::spawn_blocking(move || {
+        let view = StoreView::open(&dir)?;
+        Ok::<_, crate::store::StoreError>((
+            view.durable_lsn()?,
+            view.events()?,
+            view.subscriptions()?,
+        ))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("status: {e}")))??;
+
+    let subscriptions = cfg
+        .subscriptions
+        .iter()
+        .map(|sub| {
+            let seen = subs.iter().find(|v| v.state.name == sub.name);
+            let state = match seen {
+                _ if !sub.enabled => "paused",
+                Some(v) if v.state.disabled_reason.is_some() => "disabled",
+                Some(_) => "active",
+                None => "new",
+            };
+            SubscriptionStatus {
+                name: sub.name.clone(),
+                state: state.to_string(),
+                backlog: seen.map_or(0, |v| v.backlog),
+                delivered: seen.map_or(0, |v| v.state.delivered),
+                dead_letters: seen.map_or(0, |v| v.dead_letters),
+                attempts: seen.map_or(0, |v| v.state.attempts),
+                last_error: seen.and_then(|v| {
+                    v.state
+                        .disabled_reason
+                        .clone()
+                        .or_else(|| v.state.last_error.clone())
+                }),
+            }
+        })
+        .collect();
+
+    Ok(StatusReport {
+        stored_events: events,
+        durable_lsn: durable.map(crate::event::lsn_text),
+        slot: slot_status(cfg).await,
+        subscriptions,
+    })
+}
+
+async fn slot_status(cfg: &Config) -> SlotStatus {
+    let slot = cfg.source.slot.clone();
+    let unknown = |error: String| SlotStatus {
+        slot: slot.clone(),
+        exists: false,
+        active: false,
+        lag_bytes: None,
+        wal_status: None,
+        error: Some(error),
+    };
+    let query = async {
+        let params = crate::source::ConnParams::from_config(&cfg.source)?;
+        let client = params.connect_sql().await?;
+        client
+            .query_opt(
+                "SELECT active, (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, wal_status \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.source.slot],
+            )
+            .await
+            .map_err(|source| crate::source::SourceError::Sql {
+                context: "read pg_replication_slots".into(),
+                source,
+            })
+    };
+    match tokio::time::timeout(SOURCE_TIMEOUT, query).await {
+        Err(_) => unknown("the database did not answer in time".into()),
+        Ok(Err(e)) => unknown(e.to_string()),
+        Ok(Ok(None)) => SlotStatus {
+            slot: slot.clone(),
+            exists: false,
+            active: false,
+            lag_bytes: None,
+            wal_status: None,
+            error: None,
+        },
+        Ok(Ok(Some(row))) => SlotStatus {
+            slot: slot.clone(),
+            exists: true,
+            active: row.get(0),
+            lag_bytes: row.get(1),
+            wal_status: row.get(2),
+            error: None,
+        },
+    }
+}

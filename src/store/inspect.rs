@@ -1,0 +1,164 @@
+//! A read-only look at a store another process may be writing.
+//!
+//! `walhook status` runs beside `walhook run`, which holds the store's lock;
+//! reading needs no lock: SQLite in WAL mode lets a read-only connection see
+//! the last committed state while the writer goes on.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::{
+    lsn_from_sql, lsn_option, subscription_row, StoreError, SubscriptionState, DB_FILE,
+    SELECT_SUBSCRIPTIONS,
+};
+
+/// One subscription as the store sees it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionView {
+    /// cursor, attempts, last error, counters
+    pub state: SubscriptionState,
+    /// events stored after its cursor
+    pub backlog: u64,
+    /// dead letters kept for it
+    pub dead_letters: u64,
+}
+
+/// A read-only connection to a store directory.
+pub struct StoreView {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl StoreView {
+    /// Opens `dir`'s database read-only, without taking the store's lock.
+    pub fn open(dir: &Path) -> Result<StoreView, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Io {
+                context: "find the store (has walhook run with this store.path?)",
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(StoreError::sqlite(&path, "set the busy timeout"))?;
+        Ok(StoreView { conn, path })
+    }
+
+    /// The highest LSN durably stored (what Postgres may have been told).
+    pub fn durable_lsn(&self) -> Result<Option<u64>, StoreError> {
+        let value: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'durable_lsn'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sqlite(&self.path, "read progress"))?;
+        Ok(value.map(lsn_from_sql).and_then(lsn_option))
+    }
+
+    /// Number of events stored.
+    pub fn events(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+            .map_err(StoreError::sqlite(&self.path, "count events"))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Every subscription with its backlog and dead letters.
+    pub fn subscriptions(&self) -> Result<Vec<SubscriptionView>, StoreError> {
+        let err = StoreError::sqlite(&self.path, "read subscriptions");
+        let states: Vec<SubscriptionState> = {
+            let mut stmt = self.conn.prepare(SELECT_SUBSCRIPTIONS).map_err(&err)?;
+            let rows = stmt.query_map([], subscription_row).map_err(&err)?;
+            rows.collect::<Result<_, _>>().map_err(&err)?
+        };
+        let mut out = Vec::with_capacity(states.len());
+        for state in states {
+            let backlog: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM events WHERE seq > ?1",
+                    [state.cursor],
+                    |row| row.get(0),
+                )
+                .map_err(&err)?;
+            let dead: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM dead_letters WHERE subscription = ?1",
+                    [&state.name],
+                    |row| row.get(0),
+                )
+                .map_err(&err)?;
+            out.push(SubscriptionView {
+                state,
+                backlog: backlog.max(0) as u64,
+                dead_letters: dead.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{Append, NewEvent, Start, Store};
+
+    #[test]
+    fn reads_while_the_store_is_open_and_locked() {
+        let dir = std::env::temp_dir().join(format!("walhook-inspect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        store.ensure_subscription("a", Start::Earliest).unwrap();
+        let events = (0..3)
+            .map(|i| NewEvent {
+                id: format!("0000000000000100-{i:04}"),
+                commit_lsn: 0x100,
+                op: "data_create".into(),
+                form: "f".into(),
+                payload: b"{}".to_vec(),
+            })
+            .collect();
+        store
+            .append(&[
+                Append::Events(events),
+                Append::Commit {
+                    end_lsn: 0x101,
+                    form_schemas: Vec::new(),
+                },
+            ])
+            .unwrap();
+        let view = StoreView::open(&dir).unwrap();
+        assert_eq!(view.durable_lsn().unwrap(), Some(0x101));
+        assert_eq!(view.events().unwrap(), 3);
+        let subs = view.subscriptions().unwrap();
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].backlog, 3);
+        assert_eq!(subs[0].dead_letters, 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_store_says_so() {
+        let err = StoreView::open(Path::new("/nonexistent/walhook-store"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("has walhook run"), "{err}");
+    }
+}
