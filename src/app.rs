@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StartFrom, SubscriptionConfig};
 use crate::delivery::{Deliveries, DeliveryError};
 use crate::event::mapping::FormMapper;
 use crate::exit;
@@ -108,11 +108,13 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
     Ok(())
 }
 
-/// Observers for embedding (tests, the demo).
-#[derive(Default, Clone)]
+/// Observers and inputs for embedding (the binary, tests, the demo).
+#[derive(Default)]
 pub struct Hooks {
     /// called each time replication starts streaming
     pub on_streaming: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// new configurations to apply to the subscriptions (SIGHUP)
+    pub reload: Option<mpsc::Receiver<Config>>,
 }
 
 /// Runs walhook until `token` is cancelled or a task fails.
@@ -168,25 +170,10 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
     // Every subscription's place is fixed before capture appends anything:
     // a new subscription starts at the end of the log as it is now, not at
     // whatever capture appended before its worker got scheduled.
-    {
-        let s = store.clone();
-        let names: Vec<String> = cfg.subscriptions.iter().map(|s| s.name.clone()).collect();
-        blocking(move || {
-            for name in &names {
-                s.ensure_subscription(name, Start::End)?;
-            }
-            Ok(())
-        })
-        .await?;
-    }
+    ensure_places(&store, &cfg.subscriptions).await?;
     // Built before any task starts, so a bad secret or header leaves nothing running.
     let deliveries = Deliveries::new(store.clone(), &cfg.delivery, seq_rx, token.clone())?;
-    let workers = cfg
-        .subscriptions
-        .iter()
-        .filter(|sub| sub.enabled)
-        .map(|sub| deliveries.worker(sub))
-        .collect::<Result<Vec<_>, _>>()?;
+    let workers = Workers::start(&deliveries, &cfg.subscriptions, &token)?;
 
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
@@ -214,8 +201,14 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         let token = token.clone();
         tasks.spawn(async move { heartbeat(params, every, token).await.map_err(Error::from) });
     }
-    for worker in workers {
-        tasks.spawn(async move { worker.await.map_err(Error::from) });
+    {
+        let store = store.clone();
+        let token = token.clone();
+        let reload = hooks.reload;
+        let running = cfg.clone();
+        tasks.spawn(
+            async move { supervise(workers, deliveries, store, running, reload, token).await },
+        );
     }
     {
         let store = store.clone();
@@ -242,6 +235,149 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         Some(i) => Err(errors.swap_remove(i)),
         None => errors.into_iter().next().map_or(Ok(()), Err),
     }
+}
+
+/// Creates the store's place (cursor) of every subscription it does not know
+/// yet, at the end of the log or, with `start = "earliest"`, at its start.
+async fn ensure_places(store: &Store, subs: &[SubscriptionConfig]) -> Result<(), Error> {
+    let s = store.clone();
+    let places: Vec<(String, Start)> = subs
+        .iter()
+        .map(|sub| {
+            let start = match sub.start {
+                StartFrom::End => Start::End,
+                StartFrom::Earliest => Start::Earliest,
+            };
+            (sub.name.clone(), start)
+        })
+        .collect();
+    blocking(move || {
+        for (name, start) in places {
+            s.ensure_subscription(&name, start)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The running delivery workers, each with its own stop token (a child of
+/// the process-wide one) so a reload can stop and restart them.
+struct Workers {
+    set: JoinSet<Result<(), DeliveryError>>,
+    stops: Vec<CancellationToken>,
+}
+
+impl Workers {
+    /// Builds every enabled subscription's worker (all or none), then spawns them.
+    fn start(
+        deliveries: &Deliveries,
+        subs: &[SubscriptionConfig],
+        token: &CancellationToken,
+    ) -> Result<Workers, DeliveryError> {
+        let mut futures = Vec::new();
+        let mut stops = Vec::new();
+        for sub in subs.iter().filter(|s| s.enabled) {
+            let stop = token.child_token();
+            futures.push(deliveries.worker_until(sub, stop.clone())?);
+            stops.push(stop);
+        }
+        let mut set = JoinSet::new();
+        for f in futures {
+            set.spawn(f);
+        }
+        Ok(Workers { set, stops })
+    }
+
+    /// Stops every worker and waits until each has flushed its place.
+    async fn stop(mut self) -> Result<(), DeliveryError> {
+        for stop in &self.stops {
+            stop.cancel();
+        }
+        let mut first = Ok(());
+        while let Some(joined) = self.set.join_next().await {
+            if let Ok(Err(e)) = joined {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+/// Runs the delivery workers and applies reloaded configurations: every
+/// worker is stopped (each flushes its cursor), new subscriptions get their
+/// place, and the enabled ones start again from where they were. Capture is
+/// never touched; changes to `[source]`, `[store]` or `[[tables]]` need a
+/// restart and are reported as such.
+async fn supervise(
+    mut workers: Workers,
+    deliveries: Deliveries,
+    store: Store,
+    mut running: Arc<Config>,
+    mut reload: Option<mpsc::Receiver<Config>>,
+    token: CancellationToken,
+) -> Result<(), Error> {
+    loop {
+        let next = async {
+            match reload.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            joined = workers.set.join_next(), if !workers.set.is_empty() => {
+                // A worker ends by itself only on 410 Gone (Ok) or a store error.
+                if let Some(Ok(Err(e))) = joined {
+                    return Err(e.into());
+                }
+            }
+            new = next => {
+                let Some(new) = new else {
+                    reload = None;
+                    continue;
+                };
+                if needs_restart(&running, &new) {
+                    tracing::warn!("config reload: [source], [store], [delivery] and [[tables]] changes take effect only after a restart; applying the subscription changes");
+                }
+                // Validate what can fail before stopping anything.
+                let probe: Result<Vec<_>, _> = new
+                    .subscriptions
+                    .iter()
+                    .filter(|s| s.enabled)
+                    .map(|s| deliveries.worker_until(s, CancellationToken::new()).map(drop))
+                    .collect();
+                if let Err(e) = probe {
+                    tracing::error!(error = %e, "config reload rejected; keeping the running subscriptions");
+                    continue;
+                }
+                workers.stop().await?;
+                ensure_places(&store, &new.subscriptions).await?;
+                workers = Workers::start(&deliveries, &new.subscriptions, &token)?;
+                tracing::info!(
+                    subscriptions = new.subscriptions.len(),
+                    enabled = new.subscriptions.iter().filter(|s| s.enabled).count(),
+                    "config reloaded"
+                );
+                running = Arc::new(new);
+            }
+        }
+    }
+    workers.stop().await?;
+    Ok(())
+}
+
+/// Whether `new` changes anything outside `[[subscriptions]]` that matters.
+fn needs_restart(old: &Config, new: &Config) -> bool {
+    let tables =
+        |c: &Config| -> Vec<String> { c.tables.iter().map(|t| format!("{t:?}")).collect() };
+    old.source.url.expose() != new.source.url.expose()
+        || old.source.slot != new.source.slot
+        || old.source.publication != new.source.publication
+        || old.store.path != new.store.path
+        || tables(old) != tables(new)
 }
 
 /// Connects for SQL, retrying transient failures with backoff; `None` when

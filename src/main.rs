@@ -98,13 +98,47 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
+/// Reloads pending at once; more SIGHUPs than this while one is applied are
+/// redundant (each reload reads the file anew).
+const RELOAD_QUEUE: usize = 2;
+
+/// On SIGHUP, reads and validates the config file again and hands it to the
+/// running walhook; a bad file is reported and the running config kept.
+fn reload_on_sighup(path: PathBuf, tx: tokio::sync::mpsc::Sender<walhook::config::Config>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match walhook::config::load(&path) {
+                Ok(cfg) => {
+                    tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+                    if tx.try_send(cfg).is_err() {
+                        tracing::warn!("a reload is already pending; this one is skipped");
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "SIGHUP: the config does not load; keeping the running one")
+                }
+            }
+        }
+    });
+}
+
 async fn main_inner(cli: Cli) -> Result<(), Error> {
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
     match cli.command {
         Command::Run { config } => {
             let cfg = walhook::config::load(&config)?;
-            app::run(cfg, token, app::Hooks::default()).await
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
+            reload_on_sighup(config, reload_tx);
+            let hooks = app::Hooks {
+                reload: Some(reload_rx),
+                ..app::Hooks::default()
+            };
+            app::run(cfg, token, hooks).await
         }
         Command::Check { config } => {
             let cfg = walhook::config::load(&config)?;

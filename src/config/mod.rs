@@ -515,6 +515,20 @@ pub struct SubscriptionConfig {
     /// Disabled subscriptions keep their cursor but receive nothing.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Where a subscription the store has not seen yet starts.
+    #[serde(default)]
+    pub start: StartFrom,
+}
+
+/// Where a new subscription starts reading the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// At the current end: only changes from now on (what a new webhook expects).
+    #[default]
+    End,
+    /// At the oldest event still retained (see `store.retention`).
+    Earliest,
 }
 
 impl SubscriptionConfig {
@@ -553,6 +567,7 @@ impl fmt::Debug for SubscriptionConfig {
             .field("retry", &self.retry)
             .field("auth", &self.auth)
             .field("enabled", &self.enabled)
+            .field("start", &self.start)
             .finish()
     }
 }

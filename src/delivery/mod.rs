@@ -209,6 +209,21 @@ impl Deliveries {
         Ok(worker::Worker::new(sub.clone(), endpoint, self.shared.clone()).run())
     }
 
+    /// Like [`Self::worker`], but the worker stops when `shutdown` is
+    /// cancelled (a child of the shared token), so one subscription can be
+    /// stopped and restarted on a config reload while the others go on.
+    pub fn worker_until(
+        &self,
+        sub: &SubscriptionConfig,
+        shutdown: CancellationToken,
+    ) -> Result<impl Future<Output = Result<(), DeliveryError>> + Send + 'static, DeliveryError>
+    {
+        let endpoint = http::Endpoint::new(sub)?;
+        let mut shared = self.shared.clone();
+        shared.shutdown = shutdown;
+        Ok(worker::Worker::new(sub.clone(), endpoint, shared).run())
+    }
+
     /// Replaces the wall clock for workers spawned afterwards.
     #[cfg(test)]
     fn set_clock(&mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {

@@ -135,6 +135,7 @@ retry = {{ max_attempts = 5, initial = "200ms", max = "2s" }}
     let s = streaming.clone();
     let hooks = Hooks {
         on_streaming: Some(Arc::new(move || s.notify_one())),
+        ..Hooks::default()
     };
     let mut app_task = tokio::spawn(app::run(cfg, app_token.clone(), hooks));
     tokio::select! {

@@ -8,5 +8,6 @@ mod cli;
 mod crash;
 mod harness;
 mod pipeline;
+mod reload;
 mod runner;
 mod support;

@@ -107,6 +107,7 @@ impl InProcess {
         let s = streaming.clone();
         let hooks = Hooks {
             on_streaming: Some(Arc::new(move || s.notify_one())),
+            ..Hooks::default()
         };
         let t = token.clone();
         let mut handle = tokio::spawn(async move { app::run(cfg, t, hooks).await });

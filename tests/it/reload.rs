@@ -1,0 +1,123 @@
+//! SIGHUP reloads the subscriptions of a running walhook binary.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::pipeline::db_name;
+use crate::runner::{eventually, scratch_dir, spawn_run, terminate, wait_exit, ConfigText};
+use crate::support::db::TestDb;
+use crate::support::receiver::TestReceiver;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn row_ids(receiver: &TestReceiver) -> BTreeSet<i64> {
+    receiver
+        .events()
+        .iter()
+        .filter_map(|e| e["data"]["id"].as_i64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_changes_and_removes_subscriptions_without_loss() {
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE r (id int PRIMARY KEY)").await;
+    let keep = TestReceiver::start().await;
+    let old = TestReceiver::start().await;
+    let new = TestReceiver::start().await;
+    let late = TestReceiver::start().await;
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let base = || ConfigText::new(&db.url(), &name, &dir.join("store")).table("name = \"r\"");
+    let config = base()
+        .subscription("keep", &keep.url(), "")
+        .subscription("old", &old.url(), "")
+        .write(&dir);
+    let log = dir.join("run.log");
+    let mut child = spawn_run(&config, &log);
+    eventually(WAIT, "walhook to stream", || async {
+        db.slot_active(&name).await.then_some(())
+    })
+    .await;
+    db.execute("INSERT INTO r SELECT generate_series(1, 100)")
+        .await;
+    keep.wait_for(100, WAIT).await;
+    old.wait_for(100, WAIT).await;
+
+    base()
+        .subscription(
+            "keep",
+            &keep.url(),
+            "headers = { \"X-Reloaded\" = \"yes\" }",
+        )
+        .subscription("new", &new.url(), "")
+        .subscription("late", &late.url(), "start = \"earliest\"")
+        .write(&dir);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually(WAIT, "the reload to be applied", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("config reloaded")
+            .then_some(())
+    })
+    .await;
+    db.execute("INSERT INTO r SELECT generate_series(101, 200)")
+        .await;
+
+    eventually(WAIT, "every subscription to catch up", || async {
+        (row_ids(&keep).len() == 200 && row_ids(&new).len() == 100 && row_ids(&late).len() == 200)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        row_ids(&keep),
+        (1..=200).collect(),
+        "no loss across the reload"
+    );
+    assert!(
+        keep.requests()
+            .iter()
+            .any(|r| r.header("x-reloaded") == Some("yes")),
+        "the changed subscription uses its new headers"
+    );
+    assert_eq!(
+        row_ids(&new),
+        (101..=200).collect(),
+        "a new subscription starts at the end"
+    );
+    assert_eq!(
+        row_ids(&late),
+        (1..=200).collect(),
+        "start = earliest replays the log"
+    );
+    assert_eq!(
+        row_ids(&old),
+        (1..=100).collect(),
+        "a removed subscription gets nothing more"
+    );
+
+    // A broken config is refused and the running one kept.
+    std::fs::write(&config, "this is [not toml").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    db.execute("INSERT INTO r VALUES (201)").await;
+    eventually(WAIT, "delivery to go on after a bad reload", || async {
+        row_ids(&keep).contains(&201).then_some(())
+    })
+    .await;
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("keeping the running one"));
+
+    terminate(&child);
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(30)).code(),
+        Some(0)
+    );
+}
