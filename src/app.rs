@@ -36,6 +36,9 @@ const WRITER_QUEUE_ITEMS: usize = 8;
 /// up to this many items.
 const GROUP_COMMIT_ITEMS: usize = 64;
 
+/// How often the supervisor looks for replay requests filed by `walhook replay`.
+const REPLAY_POLL: Duration = Duration::from_secs(1);
+
 /// How often retention cleanup and the backlog check run.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
@@ -106,6 +109,52 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
     };
     setup::preflight(cfg, &client, report).await?;
     Ok(())
+}
+
+/// How long `walhook replay` waits for a running walhook to apply its request.
+const REPLAY_WAIT: Duration = Duration::from_secs(15);
+
+/// Files a replay of `name` from `since` ago and reports what it re-queued.
+/// A running walhook applies it within a second; without one, it is applied
+/// here and now.
+pub async fn replay(cfg: &Config, name: &str, since: Duration) -> Result<(), Error> {
+    use crate::store::replay::{replay_outcome, submit_replay};
+    let dir = cfg.store.path.clone();
+    let since_ms = now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    let (d, n) = (dir.clone(), name.to_string());
+    let id = blocking(move || submit_replay(&d, &n, since_ms)).await?;
+    // Not running: the lock is free, apply it ourselves.
+    let d = dir.clone();
+    match blocking(move || Store::open(&d)).await {
+        Ok(store) => {
+            let outcome = blocking(move || {
+                let mut last = None;
+                for req in store.pending_replays()? {
+                    last = Some(store.apply_replay(&req)?);
+                }
+                Ok(last)
+            })
+            .await?;
+            let summary = outcome.map_or("nothing to apply".to_string(), |o| o.summary);
+            println!("replay of '{name}': {summary}; delivered when walhook runs");
+            return Ok(());
+        }
+        Err(Error::Store(StoreError::Locked { .. })) => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
+    loop {
+        let d = dir.clone();
+        if let Some(summary) = blocking(move || replay_outcome(&d, id)).await? {
+            println!("replay of '{name}': {summary} (applied by the running walhook)");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            println!("replay of '{name}' filed (request {id}); the running walhook has not applied it yet");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Observers and inputs for embedding (the binary, tests, the demo).
@@ -318,6 +367,8 @@ async fn supervise(
     mut reload: Option<mpsc::Receiver<Config>>,
     token: CancellationToken,
 ) -> Result<(), Error> {
+    let mut replay_check = tokio::time::interval(REPLAY_POLL);
+    replay_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = async {
             match reload.as_mut() {
@@ -328,6 +379,23 @@ async fn supervise(
         tokio::select! {
             biased;
             _ = token.cancelled() => break,
+            _ = replay_check.tick() => {
+                let s = store.clone();
+                let pending = blocking(move || s.pending_replays()).await?;
+                if pending.is_empty() {
+                    continue;
+                }
+                // Rewinds happen while no worker runs, so no worker's
+                // in-memory position can overwrite them.
+                workers.stop().await?;
+                for req in pending {
+                    let s = store.clone();
+                    let r = req.clone();
+                    let outcome = blocking(move || s.apply_replay(&r)).await?;
+                    tracing::info!(subscription = %req.subscription, request = req.id, requeued = outcome.requeued, "replay: {}", outcome.summary);
+                }
+                workers = Workers::start(&deliveries, &running.subscriptions, &token)?;
+            }
             joined = workers.set.join_next(), if !workers.set.is_empty() => {
                 // A worker ends by itself only on 410 Gone (Ok) or a store error.
                 if let Some(Ok(Err(e))) = joined {

@@ -58,6 +58,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-deliver retained events to subscription NAME (same ids, same order).
+    ///
+    /// Rewinds NAME to the first event stored within the given time; safe while
+    /// `walhook run` is running (it applies the request within a second).
+    /// Example: walhook replay crm --since 2h -c walhook.toml
+    Replay {
+        /// The subscription's name.
+        name: String,
+        /// How far back, e.g. "30m", "2h", "7d" (at most store.retention).
+        #[arg(long)]
+        since: String,
+        /// Config file (TOML).
+        #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
+        config: PathBuf,
+    },
     /// Start a throwaway PostgreSQL and a local receiver, and show events flowing.
     ///
     /// Needs the PostgreSQL server binaries (initdb, pg_ctl). Ctrl-C cleans up.
@@ -171,6 +186,23 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
                     "the endpoint answered HTTP {status} to the test event"
                 )))
             }
+        }
+        Command::Replay {
+            name,
+            since,
+            config,
+        } => {
+            let cfg = walhook::config::load(&config)?;
+            if !cfg.subscriptions.iter().any(|s| s.name == name) {
+                return Err(Error::Usage(format!(
+                    "no subscription named '{name}' in {}",
+                    config.display()
+                )));
+            }
+            let since = humantime::parse_duration(&since).map_err(|e| {
+                Error::Usage(format!("--since {since:?}: {e}; write e.g. 30m, 2h or 7d"))
+            })?;
+            walhook::app::replay(&cfg, &name, since).await
         }
         Command::Status { config, json } => {
             let cfg = walhook::config::load(&config)?;

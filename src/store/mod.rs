@@ -69,6 +69,7 @@
 
 mod error;
 pub mod inspect;
+pub mod replay;
 mod schema;
 #[cfg(test)]
 mod tests;

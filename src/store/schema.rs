@@ -71,6 +71,17 @@ const MIGRATIONS: &[&str] = &[
         at_ms           INTEGER NOT NULL
     );
     CREATE INDEX dead_letters_by_subscription ON dead_letters(subscription, id);",
+    // 1 -> 2: replay requests, written by `walhook replay` beside a running
+    // walhook (which holds the lock) and applied by it.
+    "CREATE TABLE replay_requests (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        subscription  TEXT    NOT NULL,
+        since_ms      INTEGER,
+        created_at_ms INTEGER NOT NULL,
+        applied_at_ms INTEGER,
+        outcome       TEXT
+    );
+    CREATE INDEX events_by_stored_at ON events(stored_at_ms);",
 ];
 
 /// The schema version this build writes.

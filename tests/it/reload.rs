@@ -121,3 +121,89 @@ async fn sighup_adds_changes_and_removes_subscriptions_without_loss() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_redelivers_retained_events_with_the_same_ids() {
+    use crate::runner::{run_cli, InProcess};
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE rp (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let other = TestReceiver::start().await;
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let cfg = ConfigText::new(&db.url(), &name, &dir.join("store"))
+        .table("name = \"rp\"")
+        .subscription("hook", &receiver.url(), "")
+        .subscription("other", &other.url(), "");
+    let path = cfg.write(&dir);
+    let wh = InProcess::start(cfg.parse()).await;
+    db.execute("INSERT INTO rp SELECT generate_series(1, 30)")
+        .await;
+    let first: Vec<String> = receiver
+        .wait_for(30, WAIT)
+        .await
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    other.wait_for(30, WAIT).await;
+
+    // While walhook runs.
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["replay", "hook", "--since", "1h", "-c", p.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("30 events re-queued"), "{text}");
+    let all = receiver.wait_for(60, WAIT).await;
+    let again: Vec<String> = all[30..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    assert_eq!(again, first, "same ids, same order");
+    assert_eq!(
+        other.requests().len(),
+        30,
+        "other subscriptions are not replayed"
+    );
+    wh.stop().await.unwrap();
+
+    // While walhook is stopped: applied at once, delivered at the next start.
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["replay", "hook", "--since", "1h", "-c", p.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("30 events re-queued"));
+    let wh = InProcess::start(cfg.parse()).await;
+    receiver.wait_for(90, WAIT).await;
+    wh.stop().await.unwrap();
+
+    let out = run_cli(&[
+        "replay",
+        "nope",
+        "--since",
+        "1h",
+        "-c",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_cli(&[
+        "replay",
+        "hook",
+        "--since",
+        "soon",
+        "-c",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
