@@ -13,6 +13,34 @@ use super::{
     SELECT_SUBSCRIPTIONS,
 };
 
+/// Opens the database of the store at `dir` with `flags`, without the
+/// store's lock (for commands that run beside `walhook run`).
+pub(super) fn open_unlocked(
+    dir: &Path,
+    flags: OpenFlags,
+) -> Result<(Connection, PathBuf), StoreError> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(StoreError::Io {
+            context: "find the store (has walhook run with this store.path?)",
+            path,
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    let conn = Connection::open_with_flags(&path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    conn.busy_timeout(UNLOCKED_BUSY_TIMEOUT)
+        .map_err(StoreError::sqlite(&path, "set the busy timeout"))?;
+    Ok((conn, path))
+}
+
+/// How long a command beside `walhook run` waits for the writer's lock on
+/// the database file (appends hold it for milliseconds).
+const UNLOCKED_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One subscription as the store sees it.
 #[derive(Debug, Clone)]
 pub struct SubscriptionView {
@@ -33,24 +61,7 @@ pub struct StoreView {
 impl StoreView {
     /// Opens `dir`'s database read-only, without taking the store's lock.
     pub fn open(dir: &Path) -> Result<StoreView, StoreError> {
-        let path = dir.join(DB_FILE);
-        if !path.exists() {
-            return Err(StoreError::Io {
-                context: "find the store (has walhook run with this store.path?)",
-                path,
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
-        }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(StoreError::sqlite(&path, "set the busy timeout"))?;
+        let (conn, path) = open_unlocked(dir, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         Ok(StoreView { conn, path })
     }
 

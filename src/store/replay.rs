@@ -8,9 +8,10 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{lock, now_ms, Store, StoreError, DB_FILE};
+use super::inspect::open_unlocked;
+use super::{lock, now_ms, Store, StoreError};
 
 /// A filed replay request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,24 +35,7 @@ pub struct ReplayOutcome {
 
 /// Files a replay request in the store at `dir` (no lock needed); returns its id.
 pub fn submit_replay(dir: &Path, subscription: &str, since_ms: i64) -> Result<i64, StoreError> {
-    let path = dir.join(DB_FILE);
-    if !path.exists() {
-        return Err(StoreError::Io {
-            context: "find the store (has walhook run with this store.path?)",
-            path,
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        });
-    }
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(StoreError::sqlite(&path, "set the busy timeout"))?;
+    let (conn, path) = open_unlocked(dir, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.execute(
         "INSERT INTO replay_requests (subscription, since_ms, created_at_ms) VALUES (?1, ?2, ?3)",
         params![subscription, since_ms, now_ms()],
@@ -62,15 +46,7 @@ pub fn submit_replay(dir: &Path, subscription: &str, since_ms: i64) -> Result<i6
 
 /// The outcome of request `id` once applied (`None` while pending).
 pub fn replay_outcome(dir: &Path, id: i64) -> Result<Option<String>, StoreError> {
-    let path = dir.join(DB_FILE);
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let (conn, path) = open_unlocked(dir, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.query_row(
         "SELECT outcome FROM replay_requests WHERE id = ?1 AND applied_at_ms IS NOT NULL",
         [id],
