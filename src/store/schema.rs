@@ -71,6 +71,11 @@ const MIGRATIONS: &[&str] = &[
         at_ms           INTEGER NOT NULL
     );
     CREATE INDEX dead_letters_by_subscription ON dead_letters(subscription, id);",
+    // 1 -> 2: the row key (`a:b` for composite keys) beside each event, for
+    // formats that address rows by key (jiandaoyun `_id`). NULL for events
+    // without a row (truncate, form_update) and for events stored by version 1.
+    "ALTER TABLE events ADD COLUMN row_key TEXT;
+    ALTER TABLE dead_letters ADD COLUMN row_key TEXT;",
 ];
 
 /// The schema version this build writes.
