@@ -653,4 +653,67 @@ mod tests {
             Err(FilterError::Event(_))
         ));
     }
+
+    /// The shipped robot examples (`examples/robots/*.toml`): each parses and
+    /// validates as a subscription, and renders a valid body of the robot's shape.
+    const ROBOTS: [(&str, &str); 5] = [
+        ("wecom", include_str!("../../examples/robots/wecom.toml")),
+        ("feishu", include_str!("../../examples/robots/feishu.toml")),
+        ("dingtalk", include_str!("../../examples/robots/dingtalk.toml")),
+        ("slack", include_str!("../../examples/robots/slack.toml")),
+        ("discord", include_str!("../../examples/robots/discord.toml")),
+    ];
+
+    fn robot_text(name: &str, body: &serde_json::Value) -> String {
+        let text = match name {
+            "wecom" | "dingtalk" => {
+                assert_eq!(body["msgtype"], "text", "{body}");
+                &body["text"]["content"]
+            }
+            "feishu" => {
+                assert_eq!(body["msg_type"], "text", "{body}");
+                &body["content"]["text"]
+            }
+            "slack" => &body["text"],
+            "discord" => &body["content"],
+            other => panic!("unknown robot {other}"),
+        };
+        let keys = body.as_object().unwrap().len();
+        assert_eq!(keys, if name == "slack" || name == "discord" { 1 } else { 2 }, "{body}");
+        text.as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn robot_examples_render_valid_bodies_with_the_row_values() {
+        let env = |name: &str| Some(format!("{}-value", name.to_ascii_lowercase()));
+        let customer = "Zoë \"Z\" \\ Ltd\nsecond line";
+        for (name, toml) in ROBOTS {
+            let text = format!(
+                "[source]\nurl = \"postgres://u@127.0.0.1/app\"\n[[tables]]\nname = \"public.orders\"\n{toml}"
+            );
+            let config = crate::config::from_str_with_env(&text, &format!("{name}.toml"), &env)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let sub = &config.subscriptions[0];
+            assert_eq!((sub.name.as_str(), sub.format), (name, Format::Template));
+            let r = Renderer::new(sub).unwrap();
+            let data = serde_json::json!({"id": 42, "status": "paid", "total": 120.5, "customer": customer});
+            let e = row_event("data_create", &data.to_string(), Some("42"));
+            let e = StoredEvent {
+                payload: String::from_utf8(e.payload)
+                    .unwrap()
+                    .replace("order_lines", "orders")
+                    .into_bytes(),
+                ..e
+            };
+            assert!(r.matches(&e).unwrap(), "{name}");
+            let rendered = r.render(&[e]).unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&rendered.body)
+                .unwrap_or_else(|err| panic!("{name}: not JSON ({err})"));
+            let text = robot_text(name, &body);
+            assert!(text.contains("[orders] created #42"), "{name}: {text}");
+            for needle in ["status: paid", "total: 120.5", &format!("customer: {customer}")] {
+                assert!(text.contains(needle), "{name}: {text:?} lacks {needle:?}");
+            }
+        }
+    }
 }
