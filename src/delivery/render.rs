@@ -659,9 +659,15 @@ mod tests {
     const ROBOTS: [(&str, &str); 5] = [
         ("wecom", include_str!("../../examples/robots/wecom.toml")),
         ("feishu", include_str!("../../examples/robots/feishu.toml")),
-        ("dingtalk", include_str!("../../examples/robots/dingtalk.toml")),
+        (
+            "dingtalk",
+            include_str!("../../examples/robots/dingtalk.toml"),
+        ),
         ("slack", include_str!("../../examples/robots/slack.toml")),
-        ("discord", include_str!("../../examples/robots/discord.toml")),
+        (
+            "discord",
+            include_str!("../../examples/robots/discord.toml"),
+        ),
     ];
 
     fn robot_text(name: &str, body: &serde_json::Value) -> String {
@@ -679,7 +685,15 @@ mod tests {
             other => panic!("unknown robot {other}"),
         };
         let keys = body.as_object().unwrap().len();
-        assert_eq!(keys, if name == "slack" || name == "discord" { 1 } else { 2 }, "{body}");
+        assert_eq!(
+            keys,
+            if name == "slack" || name == "discord" {
+                1
+            } else {
+                2
+            },
+            "{body}"
+        );
         text.as_str().unwrap().to_owned()
     }
 
@@ -711,7 +725,11 @@ mod tests {
                 .unwrap_or_else(|err| panic!("{name}: not JSON ({err})"));
             let text = robot_text(name, &body);
             assert!(text.contains("[orders] created #42"), "{name}: {text}");
-            for needle in ["status: paid", "total: 120.5", &format!("customer: {customer}")] {
+            for needle in [
+                "status: paid",
+                "total: 120.5",
+                &format!("customer: {customer}"),
+            ] {
                 assert!(text.contains(needle), "{name}: {text:?} lacks {needle:?}");
             }
         }
