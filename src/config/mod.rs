@@ -129,7 +129,7 @@ pub fn from_str_with_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let expanded = interpolate::expand(text, env).map_err(|e| e.with_origin(origin))?;
-    let config: Config =
+    let mut config: Config =
         toml::from_str(&expanded.text).map_err(|err| parse_error(&err, text, &expanded, origin))?;
     config
         .validate()
@@ -145,7 +145,32 @@ pub fn from_str_with_env(
             },
             other => other,
         })?;
+    config.fill_defaults();
     Ok(config)
+}
+
+impl Config {
+    /// Fills defaults that depend on other keys (after `validate`):
+    /// `app_id` of jiandaoyun subscriptions is the database name.
+    fn fill_defaults(&mut self) {
+        let database = database_name(self.source.url.expose());
+        for sub in &mut self.subscriptions {
+            if sub.format == Format::Jiandaoyun && sub.app_id.is_none() {
+                sub.app_id = Some(database.clone());
+            }
+        }
+    }
+}
+
+/// The database a connection string names; like libpq, the user name when
+/// no dbname is given, and `postgres` when neither is.
+fn database_name(url: &str) -> String {
+    let parsed = <tokio_postgres::Config as std::str::FromStr>::from_str(url).ok();
+    parsed
+        .as_ref()
+        .and_then(|c| c.get_dbname().or(c.get_user()))
+        .unwrap_or("postgres")
+        .to_owned()
 }
 
 /// Builds the user-facing message for a toml error without toml's `Display` (which
@@ -518,6 +543,17 @@ pub struct SubscriptionConfig {
     /// Where a subscription the store has not seen yet starts.
     #[serde(default)]
     pub start: StartFrom,
+    /// Jinja expression over the event; only events for which it is true are
+    /// sent (`None` = all). Compiled at load.
+    pub filter: Option<String>,
+    /// Request body format.
+    #[serde(default)]
+    pub format: Format,
+    /// Jinja template of the body; required with (and only with) `format = "template"`.
+    pub template: Option<String>,
+    /// `appId` of `format = "jiandaoyun"` bodies; filled at load with the
+    /// database name of `source.url` when unset.
+    pub app_id: Option<String>,
 }
 
 /// Where a new subscription starts reading the log.
@@ -529,6 +565,19 @@ pub enum StartFrom {
     End,
     /// At the oldest event still retained (see `store.retention`).
     Earliest,
+}
+
+/// `format = "..."`: how events become a request body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The event JSON as DESIGN.md shows it, byte for byte.
+    #[default]
+    Walhook,
+    /// The body 简道云's data push sends: `{"op": ..., "data": {...}}`.
+    Jiandaoyun,
+    /// `template` rendered with the event as context.
+    Template,
 }
 
 impl SubscriptionConfig {
@@ -547,8 +596,8 @@ impl SubscriptionConfig {
     }
 }
 
-/// Header values and URL paths often carry tokens (Slack, Feishu URLs), so `Debug`
-/// shows only header names and the URL's origin.
+/// Header values, templates and URL paths often carry tokens (Slack, Feishu
+/// URLs), so `Debug` shows only header names, template sizes and the URL's origin.
 impl fmt::Debug for SubscriptionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let headers: BTreeMap<&str, &str> =
@@ -568,6 +617,17 @@ impl fmt::Debug for SubscriptionConfig {
             .field("auth", &self.auth)
             .field("enabled", &self.enabled)
             .field("start", &self.start)
+            .field("filter", &self.filter)
+            .field("format", &self.format)
+            // A template may embed interpolated tokens: show its size only.
+            .field(
+                "template",
+                &self
+                    .template
+                    .as_ref()
+                    .map(|t| format!("<{} bytes>", t.len())),
+            )
+            .field("app_id", &self.app_id)
             .finish()
     }
 }

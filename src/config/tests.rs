@@ -411,3 +411,85 @@ fn auth_none_rejects_extra_keys() {
     let c = parse(&with_sub("auth = { type = \"none\" }")).unwrap();
     assert!(matches!(c.subscriptions[0].auth, AuthConfig::None));
 }
+
+#[test]
+fn format_filter_template_and_app_id_defaults() {
+    let c = parse(&with_sub("")).unwrap();
+    let sub = &c.subscriptions[0];
+    assert_eq!(sub.format, Format::Walhook);
+    assert_eq!(
+        (&sub.filter, &sub.template, &sub.app_id),
+        (&None, &None, &None)
+    );
+    // jiandaoyun's appId defaults to the database name of source.url.
+    let c = parse(&with_sub("format = \"jiandaoyun\"")).unwrap();
+    assert_eq!(c.subscriptions[0].app_id.as_deref(), Some("app"));
+    let c = parse(&with_sub("format = \"jiandaoyun\"\napp_id = \"5f1\"")).unwrap();
+    assert_eq!(c.subscriptions[0].app_id.as_deref(), Some("5f1"));
+    let c = parse(&with_sub(
+        "filter = \"data.total > 100 and data.status != 'draft'\"\nformat = \"template\"\ntemplate = '''{\"text\": {{ data.name | tojson }}}'''\nheaders = { \"Idempotency-Key\" = \"{{ id }}\" }",
+    ))
+    .unwrap();
+    assert_eq!(c.subscriptions[0].format, Format::Template);
+}
+
+#[test]
+fn filter_that_does_not_compile_is_a_config_error_naming_it() {
+    let err = error(&with_sub("filter = \"data.total >\""));
+    assert!(
+        err.contains("subscriptions[0].filter: does not compile"),
+        "{err}"
+    );
+    let err = error(&with_sub("filter = \"  \""));
+    assert!(err.contains("subscriptions[0].filter: is empty"), "{err}");
+}
+
+#[test]
+fn template_is_required_with_and_only_with_format_template() {
+    let err = error(&with_sub("format = \"template\""));
+    assert!(
+        err.contains("subscriptions[0].template: is missing"),
+        "{err}"
+    );
+    let err = error(&with_sub("template = '{\"a\": 1}'"));
+    assert!(
+        err.contains("subscriptions[0].template: is only used with format = \"template\""),
+        "{err}"
+    );
+    let err = error(&with_sub(
+        "format = \"template\"\ntemplate = '{\"a\": {{ data.x }'",
+    ));
+    assert!(
+        err.contains("subscriptions[0].template: does not compile"),
+        "{err}"
+    );
+    let err = error(&with_sub("format = \"xml\""));
+    assert!(err.contains("unknown variant `xml`"), "{err}");
+}
+
+#[test]
+fn header_templates_and_app_id_are_checked() {
+    let err = error(&with_sub("headers = { \"Idempotency-Key\" = \"{{ id \" }"));
+    assert!(
+        err.contains("subscriptions[0].headers.Idempotency-Key: does not compile"),
+        "{err}"
+    );
+    let err = error(&with_sub("app_id = \"x\""));
+    assert!(
+        err.contains("subscriptions[0].app_id: is only used with format = \"jiandaoyun\""),
+        "{err}"
+    );
+    let err = error(&with_sub("format = \"jiandaoyun\"\napp_id = \"\""));
+    assert!(err.contains("subscriptions[0].app_id: is empty"), "{err}");
+}
+
+#[test]
+fn debug_shows_template_size_not_content() {
+    let c = parse(&with_sub(
+        "format = \"template\"\ntemplate = '{\"token\": \"tok-secret-1234\", \"t\": {{ id | tojson }}}'",
+    ))
+    .unwrap();
+    let debug = format!("{:?}", c.subscriptions[0]);
+    assert!(!debug.contains("tok-secret-1234"), "{debug}");
+    assert!(debug.contains("template: Some(\"<"), "{debug}");
+}

@@ -8,7 +8,10 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 
-use super::{AuthConfig, Config, ConfigError, SourceConfig, SubscriptionConfig, TableConfig};
+use super::{
+    AuthConfig, Config, ConfigError, Format, SourceConfig, SubscriptionConfig, TableConfig,
+};
+use crate::delivery::template::Templates;
 
 type Result = std::result::Result<(), ConfigError>;
 
@@ -286,6 +289,7 @@ fn validate_subscription(sub: &SubscriptionConfig, field: &str, forms: &HashSet<
             ));
         }
     }
+    validate_format(sub, field)?;
     if sub.timeout.is_zero() {
         return Err(ConfigError::invalid(
             format!("{field}.timeout"),
@@ -334,5 +338,58 @@ fn validate_subscription(sub: &SubscriptionConfig, field: &str, forms: &HashSet<
             }
         }
     }
+    Ok(())
+}
+
+/// `format`, `template`, `app_id`, and that every Jinja part compiles.
+fn validate_format(sub: &SubscriptionConfig, field: &str) -> Result {
+    match (sub.format, &sub.template) {
+        (Format::Template, None) => {
+            return Err(ConfigError::invalid(
+                format!("{field}.template"),
+                "is missing; format = \"template\" needs template = '''...''' (a Jinja template of the body)",
+            ))
+        }
+        (Format::Template, Some(t)) if t.trim().is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{field}.template"),
+                "is empty; write the body as a Jinja template",
+            ))
+        }
+        (Format::Walhook | Format::Jiandaoyun, Some(_)) => {
+            return Err(ConfigError::invalid(
+                format!("{field}.template"),
+                "is only used with format = \"template\"; set that format or remove the template",
+            ))
+        }
+        _ => {}
+    }
+    match (&sub.app_id, sub.format) {
+        (Some(_), Format::Walhook | Format::Template) => {
+            return Err(ConfigError::invalid(
+                format!("{field}.app_id"),
+                "is only used with format = \"jiandaoyun\"; set that format or remove app_id",
+            ))
+        }
+        (Some(app_id), Format::Jiandaoyun) if app_id.trim().is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{field}.app_id"),
+                "is empty; set it or remove it to use the database name",
+            ))
+        }
+        _ => {}
+    }
+    if sub.filter.as_ref().is_some_and(|f| f.trim().is_empty()) {
+        return Err(ConfigError::invalid(
+            format!("{field}.filter"),
+            "is empty; write an expression like \"data.total > 100\" or remove the key",
+        ));
+    }
+    Templates::compile(sub).map_err(|err| {
+        ConfigError::invalid(
+            format!("{field}.{}", err.field),
+            format!("does not compile: {}; fix the Jinja syntax", err.source),
+        )
+    })?;
     Ok(())
 }

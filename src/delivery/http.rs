@@ -225,8 +225,13 @@ impl Endpoint {
         id: &str,
         timestamp: u64,
         body: Bytes,
+        templated: &HeaderMap,
     ) -> Attempt {
         let mut headers = self.headers.clone();
+        // Rendered header templates replace their configured raw values.
+        for (name, value) in templated {
+            headers.insert(name.clone(), value.clone());
+        }
         let Ok(id_value) = HeaderValue::from_str(id) else {
             return Attempt::Unsendable(UnsendableError::InvalidId(id.to_owned()));
         };

@@ -22,6 +22,7 @@ mod http;
 mod render;
 mod retry;
 mod sign;
+pub(crate) mod template;
 mod worker;
 
 #[cfg(test)]
@@ -40,7 +41,7 @@ use crate::config::{DeliveryConfig, SubscriptionConfig};
 use crate::store::{Store, StoreError, StoredEvent};
 
 pub use http::{build_client, UnsendableError};
-pub use render::RenderError;
+pub use render::{FilterError, RenderError};
 pub use sign::{signature_header, InvalidSecret, SigningKey};
 
 /// Worker-fatal delivery problems. Failed attempts are not errors: they are
@@ -88,6 +89,15 @@ pub enum DeliveryError {
         subscription: String,
         /// The header name as configured.
         header: String,
+    },
+    /// A filter or template does not compile.
+    #[error("subscriptions.{subscription}: a filter or template does not compile")]
+    Template {
+        /// The subscription.
+        subscription: String,
+        /// Which key and why.
+        #[source]
+        source: template::CompileError,
     },
     /// The test event could not be turned into a request.
     #[error("cannot build the test request for subscription '{subscription}'")]
@@ -205,8 +215,7 @@ impl Deliveries {
         sub: &SubscriptionConfig,
     ) -> Result<impl Future<Output = Result<(), DeliveryError>> + Send + 'static, DeliveryError>
     {
-        let endpoint = http::Endpoint::new(sub)?;
-        Ok(worker::Worker::new(sub.clone(), endpoint, self.shared.clone()).run())
+        self.worker_until(sub, self.shared.shutdown.clone())
     }
 
     /// Like [`Self::worker`], but the worker stops when `shutdown` is
@@ -219,9 +228,10 @@ impl Deliveries {
     ) -> Result<impl Future<Output = Result<(), DeliveryError>> + Send + 'static, DeliveryError>
     {
         let endpoint = http::Endpoint::new(sub)?;
+        let renderer = renderer(sub)?;
         let mut shared = self.shared.clone();
         shared.shutdown = shutdown;
-        Ok(worker::Worker::new(sub.clone(), endpoint, shared).run())
+        Ok(worker::Worker::new(sub.clone(), endpoint, renderer, shared).run())
     }
 
     /// Replaces the wall clock for workers spawned afterwards.
@@ -229,6 +239,15 @@ impl Deliveries {
     fn set_clock(&mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {
         self.shared.clock = Clock(Arc::new(clock));
     }
+}
+
+/// Compiles the subscription's filter and templates (checked at config load
+/// already, so an error here means a config that bypassed validation).
+fn renderer(sub: &SubscriptionConfig) -> Result<render::Renderer, DeliveryError> {
+    render::Renderer::new(sub).map_err(|source| DeliveryError::Template {
+        subscription: sub.name.clone(),
+        source,
+    })
 }
 
 /// Form name of the synthetic test event when the subscription lists no forms.
@@ -247,10 +266,17 @@ pub async fn send_test(
         subscription: sub.name.clone(),
         source,
     };
-    let body =
-        render::render(sub, std::slice::from_ref(&event)).map_err(|e| unsendable(e.into()))?;
+    let rendered = renderer(sub)?
+        .render(std::slice::from_ref(&event))
+        .map_err(|e| unsendable(e.into()))?;
     match endpoint
-        .send(client, &event.id, worker::unix_secs(now), body)
+        .send(
+            client,
+            &event.id,
+            worker::unix_secs(now),
+            rendered.body,
+            &rendered.headers,
+        )
         .await
     {
         http::Attempt::Response { status, .. } => Ok(status),
@@ -292,5 +318,6 @@ fn test_event(sub: &SubscriptionConfig, now: SystemTime) -> StoredEvent {
         commit_lsn: 0,
         payload: payload.to_string().into_bytes(),
         stored_at_ms: now_ms,
+        key: None,
     }
 }

@@ -249,6 +249,7 @@ impl Harness {
                 op: (*op).to_owned(),
                 form: (*form).to_owned(),
                 payload: payload(&id, op, form, self.next),
+                key: Some(self.next.to_string()),
             });
         }
         let ids = new.iter().map(|e| e.id.clone()).collect();

@@ -3,7 +3,8 @@
 //! The worker owns the subscription's cursor over the shared log and sends
 //! one event at a time, in commit order: the next event waits until the
 //! previous one is delivered or dead-lettered. Events the subscription does
-//! not want are skipped by moving the cursor.
+//! not want (by `forms`, `ops` or `filter`) are skipped by moving the cursor;
+//! a filter that fails on an event is logged and counts as not matching.
 //!
 //! Persistence: the cursor advance after a 2xx is coalesced (every
 //! `FLUSH_EVERY_EVENTS` events, every `FLUSH_INTERVAL`, whenever the worker
@@ -21,7 +22,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde::de::{value::Error as ValueError, IntoDeserializer};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::http::{Attempt, UnsendableError};
-use super::render::render;
+use super::render::{Rendered, Renderer};
 use super::retry::{decide, Decision};
 use super::{DeliveryError, Shared};
 use crate::config::{Op, SubscriptionConfig};
@@ -61,6 +61,7 @@ enum Step {
 pub(crate) struct Worker {
     sub: SubscriptionConfig,
     endpoint: super::http::Endpoint,
+    renderer: Renderer,
     shared: Shared,
     appended: watch::Receiver<i64>,
     appended_closed: bool,
@@ -81,12 +82,14 @@ impl Worker {
     pub(crate) fn new(
         sub: SubscriptionConfig,
         endpoint: super::http::Endpoint,
+        renderer: Renderer,
         shared: Shared,
     ) -> Self {
         let appended = shared.appended.clone();
         Worker {
             sub,
             endpoint,
+            renderer,
             shared,
             appended,
             appended_closed: false,
@@ -164,21 +167,28 @@ impl Worker {
 
     fn wants(&self, event: &StoredEvent) -> bool {
         let parsed: Result<Op, ValueError> = Op::deserialize(event.op.as_str().into_deserializer());
-        match parsed {
+        let wanted = match parsed {
             Ok(op) => self.sub.wants(op, &event.form),
             Err(_) => {
                 warn!(subscription = %self.sub.name, event_id = %event.id, op = %event.op, "event has an op this walhook does not know; skipping it");
                 false
             }
-        }
+        };
+        // A filter that fails on one event skips that event; the error names
+        // the problem but never a row value.
+        wanted
+            && self.renderer.matches(event).unwrap_or_else(|err| {
+                warn!(subscription = %self.sub.name, event_id = %event.id, error = %err, "filter failed on this event; counting it as not matching");
+                false
+            })
     }
 
     /// Sends `event` until it is delivered, dead-lettered or the worker stops.
     async fn deliver(&mut self, event: StoredEvent) -> Result<Step, DeliveryError> {
         // A render failure is permanent: the policy dead-letters it at once.
-        let (body, mut unsendable) = match render(&self.sub, std::slice::from_ref(&event)) {
-            Ok(body) => (body, None),
-            Err(err) => (Bytes::new(), Some(UnsendableError::from(err))),
+        let (rendered, mut unsendable) = match self.renderer.render(std::slice::from_ref(&event)) {
+            Ok(rendered) => (rendered, None),
+            Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
         };
         loop {
             if let Some(wait) = self.pending_wait.take() {
@@ -188,7 +198,7 @@ impl Worker {
             }
             let attempt = match unsendable.take() {
                 Some(err) => Attempt::Unsendable(err),
-                None => match self.send(&event.id, body.clone()).await {
+                None => match self.send(&event.id, &rendered).await {
                     Some(attempt) => attempt,
                     None => return Ok(Step::Stop),
                 },
@@ -267,7 +277,7 @@ impl Worker {
     }
 
     /// One HTTP attempt under the global limit; None when shutdown stopped it.
-    async fn send(&self, id: &str, body: Bytes) -> Option<Attempt> {
+    async fn send(&self, id: &str, rendered: &Rendered) -> Option<Attempt> {
         let shutdown = &self.shared.shutdown;
         let permit = tokio::select! {
             biased;
@@ -275,7 +285,13 @@ impl Worker {
             permit = self.shared.limiter.clone().acquire_owned() => permit.ok()?,
         };
         let timestamp = unix_secs(self.shared.clock.now());
-        let request = self.endpoint.send(&self.shared.client, id, timestamp, body);
+        let request = self.endpoint.send(
+            &self.shared.client,
+            id,
+            timestamp,
+            rendered.body.clone(),
+            &rendered.headers,
+        );
         let grace = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.shared.grace).await;

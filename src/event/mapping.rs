@@ -392,6 +392,31 @@ impl FormMapper {
         self.key_fields.get(form).map(Vec::as_slice)
     }
 
+    /// The row key of a row event as text: the values of the form's
+    /// [`Self::key_fields`] in `data`, joined by `:` (strings as they are,
+    /// other values as JSON text, so numbers keep Postgres' digits). None for
+    /// events without a row (truncate, form_update) or a key field missing
+    /// from `data`. Stored beside the event for formats that address rows by
+    /// key (jiandaoyun `_id`), because the event JSON does not say which
+    /// fields are the key.
+    pub fn row_key(&self, event: &Event) -> Option<String> {
+        if !matches!(event.op, Op::DataCreate | Op::DataUpdate | Op::DataRemove) {
+            return None;
+        }
+        let fields = self.key_fields(&event.form)?;
+        if fields.is_empty() {
+            return None;
+        }
+        let parts = fields
+            .iter()
+            .map(|field| match event.data.get(field)? {
+                Value::String(text) => Some(text.clone()),
+                other => Some(other.to_string()),
+            })
+            .collect::<Option<Vec<String>>>()?;
+        Some(parts.join(":"))
+    }
+
     /// A `data_create` event for an Insert of `new` into relation `relation_id`.
     pub fn insert(
         &self,
@@ -1033,6 +1058,23 @@ mod tests {
                 r#"{{"id":"00000000016B3748-0000","op":"data_update","form":"orders","data":{{"id":1,"state":"b","total":2}},"old":{{"id":1,"state":"a","total":2}},"changed":["state"],{SRC}}}"#
             ),
         );
+    }
+
+    #[test]
+    fn row_key_joins_key_values_with_colons() {
+        let cfg = TableConfig {
+            key: Some(vec!["status".into(), "id".into()]),
+            ..table("orders")
+        };
+        let m = mapper_with(&[cfg], orders_rel(b'd'));
+        let new = tuple(vec![t("42"), t("new"), t("7"), t("n")]);
+        let e = m.insert(16384, &new, &ctx(), 0).unwrap();
+        assert_eq!(m.row_key(&e).as_deref(), Some("new:42"));
+        let e = m.truncate(&[16384], &ctx(), 1).unwrap().remove(0);
+        assert_eq!(m.row_key(&e), None);
+        let m = orders(b'd');
+        let e = m.insert(16384, &new, &ctx(), 0).unwrap();
+        assert_eq!(m.row_key(&e).as_deref(), Some("42"));
     }
 
     #[test]

@@ -442,7 +442,9 @@ impl Capture {
             })?;
             t.index += 1;
             t.chunk_bytes += payload.len();
+            let key = self.mapper.row_key(&ev);
             t.chunk.push(NewEvent {
+                key,
                 id: ev.id,
                 commit_lsn: t.ctx.commit_lsn,
                 op: ev.op.as_str().to_string(),

@@ -37,10 +37,12 @@
 //! single append-only file that the append's fsync covers. This keeps the
 //! per-delivery `advance` from paying an fsync each.
 //!
-//! # Schema (version 1, `PRAGMA user_version`)
+//! # Schema (version 2, `PRAGMA user_version`)
 //!
 //! * `events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE,
-//!   commit_lsn, op, form, payload BLOB, stored_at_ms)`: the log. `seq` is
+//!   commit_lsn, op, form, payload BLOB, stored_at_ms, row_key)`: the log
+//!   (`row_key`, added in version 2, is the row key as text for formats that
+//!   address rows by key; NULL for events without a row or from version 1). `seq` is
 //!   strictly increasing and never reused, even after pruning
 //!   (AUTOINCREMENT), so a cursor is just "the last seq handled". Seqs may
 //!   have gaps (an ignored re-append consumes one), so counts come from
@@ -52,7 +54,7 @@
 //!   disabled_reason, delivered, dead_lettered, ...)`: one row per
 //!   subscription; a restart keeps its place.
 //! * `dead_letters(subscription, seq, event_id, op, form, commit_lsn,
-//!   payload, attempts, status, reason, body_excerpt, at_ms, ...)`: keeps a
+//!   payload, attempts, status, reason, body_excerpt, at_ms, row_key, ...)`: keeps a
 //!   copy of the event so retention never drops a dead letter.
 //!
 //! LSNs are `u64` in Rust and stored as SQLite `INTEGER` (`i64`) with an `as`
@@ -104,14 +106,14 @@ pub const READ_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// pre-check would avoid them but costs a third of the append rate; readers
 /// only rely on seqs increasing, and `backlog` counts rows.
 const INSERT_EVENT: &str =
-    "INSERT OR IGNORE INTO events (id, commit_lsn, op, form, payload, stored_at_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    "INSERT OR IGNORE INTO events (id, commit_lsn, op, form, payload, stored_at_ms, row_key)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const UPSERT_FORM: &str = "INSERT INTO form_schemas (form, fields_json, updated_at_ms) VALUES (?1, ?2, ?3)
      ON CONFLICT (form) DO UPDATE SET fields_json = excluded.fields_json, updated_at_ms = excluded.updated_at_ms";
 const RAISE_DURABLE_LSN: &str = "INSERT INTO meta (key, value) VALUES ('durable_lsn', ?1)
      ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)";
 const SELECT_EVENTS_AFTER: &str =
-    "SELECT seq, id, op, form, commit_lsn, payload, stored_at_ms FROM events
+    "SELECT seq, id, op, form, commit_lsn, payload, stored_at_ms, row_key FROM events
      WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 const SELECT_SUBSCRIPTION: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
      FROM subscriptions WHERE name = ?1";
@@ -120,7 +122,7 @@ const SELECT_SUBSCRIPTIONS: &str = "SELECT name, cursor, attempts, next_attempt_
 const SELECT_LAST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM events";
 const SELECT_DEAD_LETTERS: &str =
     "SELECT subscription, seq, event_id, attempts, status, reason, body_excerpt, at_ms,
-            op, form, commit_lsn, payload, event_stored_at_ms
+            op, form, commit_lsn, payload, event_stored_at_ms, row_key
      FROM dead_letters WHERE subscription = ?1 ORDER BY id LIMIT ?2";
 
 /// One event to append; `payload` is the event JSON.
@@ -136,6 +138,9 @@ pub struct NewEvent {
     pub form: String,
     /// The event JSON.
     pub payload: Vec<u8>,
+    /// The row key as text (key field values joined by `:`); None for events
+    /// without a row (truncate, form_update).
+    pub key: Option<String>,
 }
 
 /// The current fields of a form (JSON), replacing the previous ones.
@@ -187,6 +192,9 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
     /// When it was appended (ms since the Unix epoch).
     pub stored_at_ms: i64,
+    /// The row key as text ([`NewEvent::key`]); None for events without a row
+    /// and for events stored by a walhook that did not record keys.
+    pub key: Option<String>,
 }
 
 /// Where a new subscription starts reading.
@@ -394,7 +402,8 @@ impl Store {
                                     event.op,
                                     event.form,
                                     event.payload,
-                                    now
+                                    now,
+                                    event.key
                                 ])
                                 .map_err(&err)?;
                             if inserted == 1 {
@@ -600,8 +609,8 @@ impl Store {
         expect_row(changed, name)?;
         tx.prepare_cached(
             "INSERT INTO dead_letters (subscription, seq, event_id, op, form, commit_lsn, payload,
-                 event_stored_at_ms, attempts, status, reason, body_excerpt, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 event_stored_at_ms, attempts, status, reason, body_excerpt, at_ms, row_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -617,7 +626,8 @@ impl Store {
                 status,
                 reason,
                 body_excerpt,
-                now
+                now,
+                event.key
             ])
         })
         .map_err(&err)?;
@@ -846,6 +856,7 @@ fn event_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
         commit_lsn: lsn_from_sql(row.get(4)?),
         payload: row.get(5)?,
         stored_at_ms: row.get(6)?,
+        key: row.get(7)?,
     })
 }
 
@@ -868,6 +879,7 @@ fn dead_letter_row(row: &Row<'_>) -> rusqlite::Result<(DeadLetter, StoredEvent)>
         commit_lsn: lsn_from_sql(row.get(10)?),
         payload: row.get(11)?,
         stored_at_ms: row.get(12)?,
+        key: row.get(13)?,
     };
     Ok((letter, event))
 }

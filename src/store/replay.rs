@@ -164,6 +164,7 @@ mod tests {
                         op: "data_create".into(),
                         form: "f".into(),
                         payload: b"{}".to_vec(),
+                        key: None,
                     })
                     .collect(),
             ),

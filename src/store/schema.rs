@@ -72,7 +72,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dead_letters_by_subscription ON dead_letters(subscription, id);",
     // 1 -> 2: replay requests, written by `walhook replay` beside a running
-    // walhook (which holds the lock) and applied by it.
+    // walhook (which holds the lock) and applied by it; and the row key
+    // (`a:b` for composite keys) beside each event, for formats that address
+    // rows by key (jiandaoyun `_id`); NULL for events without a row
+    // (truncate, form_update) and for events stored by version 1.
     "CREATE TABLE replay_requests (
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
         subscription  TEXT    NOT NULL,
@@ -81,7 +84,9 @@ const MIGRATIONS: &[&str] = &[
         applied_at_ms INTEGER,
         outcome       TEXT
     );
-    CREATE INDEX events_by_stored_at ON events(stored_at_ms);",
+    CREATE INDEX events_by_stored_at ON events(stored_at_ms);
+    ALTER TABLE events ADD COLUMN row_key TEXT;
+    ALTER TABLE dead_letters ADD COLUMN row_key TEXT;",
 ];
 
 /// The schema version this build writes.

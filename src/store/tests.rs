@@ -37,6 +37,7 @@ fn event(lsn: u64, index: u32) -> NewEvent {
         op: "data_create".to_owned(),
         form: "orders".to_owned(),
         payload: format!(r#"{{"id":"{lsn:016X}-{index:04}","data":{{"n":{index}}}}}"#).into_bytes(),
+        key: Some(index.to_string()),
     }
 }
 
@@ -120,6 +121,11 @@ fn append_and_read_round_trip_in_order() {
         (0x200, "data_create", "orders", &expected.payload)
     );
     assert!(got.stored_at_ms > 0);
+    assert_eq!(
+        got.key.as_deref(),
+        Some("1"),
+        "the row key is stored beside the event"
+    );
     assert_eq!(store.last_seq().unwrap(), 5);
 
     // Paging: limit and after_seq.

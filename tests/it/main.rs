@@ -6,6 +6,7 @@
 
 mod cli;
 mod crash;
+mod formats;
 mod harness;
 mod pipeline;
 mod reload;
