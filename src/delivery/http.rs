@@ -13,11 +13,11 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use reqwest::{Client, Method};
 
+use super::auth::{Auth, AuthError, AuthSetupError};
 use super::render::RenderError;
 use super::retry::Outcome;
-use super::sign::{signature_header, SigningKey};
 use super::DeliveryError;
-use crate::config::{AuthConfig, HttpMethod, SubscriptionConfig};
+use crate::config::{HttpMethod, SubscriptionConfig};
 
 /// `user-agent` of every request.
 pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
@@ -43,7 +43,6 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// Builds the one client shared by every worker (and by `send_test`):
 /// rustls, keep-alive pooling, no redirects.
@@ -86,6 +85,8 @@ pub(crate) enum Attempt {
     Failed(reqwest::Error),
     /// The request could not be built.
     Unsendable(UnsendableError),
+    /// The request could not be authenticated (an OAuth2 token fetch failed).
+    Auth(AuthError),
 }
 
 impl Attempt {
@@ -103,6 +104,9 @@ impl Attempt {
             Attempt::Failed(err) if err.is_timeout() => Outcome::Timeout,
             Attempt::Failed(_) => Outcome::Transport,
             Attempt::Unsendable(_) => Outcome::Unrenderable,
+            // A token endpoint that fails is retried like an unreachable receiver.
+            Attempt::Auth(err) if err.is_timeout() => Outcome::Timeout,
+            Attempt::Auth(_) => Outcome::Transport,
         }
     }
 
@@ -143,6 +147,7 @@ impl Attempt {
             }
             Attempt::Failed(err) => error_chain(err),
             Attempt::Unsendable(err) => error_chain(err),
+            Attempt::Auth(err) => error_chain(err),
         }
     }
 }
@@ -165,7 +170,7 @@ pub(crate) struct Endpoint {
     method: Method,
     url: url::Url,
     headers: HeaderMap,
-    keys: Vec<SigningKey>,
+    auth: Auth,
     timeout: Duration,
 }
 
@@ -187,18 +192,16 @@ impl Endpoint {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let keys = match &sub.auth {
-            AuthConfig::None => Vec::new(),
-            AuthConfig::Hmac { secret } => secret
-                .secrets()
-                .iter()
-                .map(|s| SigningKey::from_secret(s.expose()))
-                .collect::<Result<_, _>>()
-                .map_err(|source| DeliveryError::Secret {
-                    subscription: sub.name.clone(),
-                    source,
-                })?,
-        };
+        let auth = Auth::new(&sub.auth).map_err(|err| match err {
+            AuthSetupError::Secret(source) => DeliveryError::Secret {
+                subscription: sub.name.clone(),
+                source,
+            },
+            source => DeliveryError::Auth {
+                subscription: sub.name.clone(),
+                source,
+            },
+        })?;
         let method = match sub.method {
             HttpMethod::Post => Method::POST,
             HttpMethod::Put => Method::PUT,
@@ -208,7 +211,7 @@ impl Endpoint {
             method,
             url: sub.url.clone(),
             headers,
-            keys,
+            auth,
             timeout: sub.timeout.get(),
         })
     }
@@ -232,15 +235,20 @@ impl Endpoint {
         };
         headers.insert(WEBHOOK_ID, id_value);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        if !self.keys.is_empty() {
-            let signature = signature_header(&self.keys, id, timestamp, &body);
-            // Base64 and "v1," are always valid header characters.
-            if let Ok(value) = HeaderValue::from_str(&signature) {
-                headers.insert(WEBHOOK_SIGNATURE, value);
-            }
+        let applied = match self
+            .auth
+            .apply(client, &self.url, id, timestamp, &body, self.timeout)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(err) => return Attempt::Auth(err),
+        };
+        for (name, value) in applied.headers {
+            headers.insert(name, value);
         }
+        let url = applied.url.unwrap_or_else(|| self.url.clone());
         let sent = client
-            .request(self.method.clone(), self.url.clone())
+            .request(self.method.clone(), url)
             .headers(headers)
             .timeout(self.timeout)
             .body(body)
@@ -252,6 +260,9 @@ impl Endpoint {
             Err(err) => return Attempt::Failed(err.without_url()),
         };
         let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.auth.unauthorized(applied.token.as_ref()).await;
+        }
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -278,7 +289,7 @@ impl fmt::Debug for Endpoint {
             .field("method", &self.method)
             .field("host", &self.url.host_str())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("keys", &format_args!("{} x ***", self.keys.len()))
+            .field("auth", &self.auth)
             .field("timeout", &self.timeout)
             .finish()
     }

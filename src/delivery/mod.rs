@@ -18,6 +18,7 @@
 //! append signal (a `watch` of the last appended seq) and the shutdown token,
 //! then `spawn` the workers and join the returned `JoinSet` on exit.
 
+mod auth;
 mod http;
 mod render;
 mod retry;
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DeliveryConfig, SubscriptionConfig};
 use crate::store::{Store, StoreError, StoredEvent};
 
+pub use auth::{AuthError, AuthSetupError};
 pub use http::{build_client, UnsendableError};
 pub use render::RenderError;
 pub use sign::{signature_header, InvalidSecret, SigningKey};
@@ -79,6 +81,15 @@ pub enum DeliveryError {
         #[source]
         source: InvalidSecret,
     },
+    /// The subscription's auth cannot be prepared (a bad key, a value that cannot be a header).
+    #[error("subscriptions.{subscription}: cannot prepare its auth")]
+    Auth {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: AuthSetupError,
+    },
     /// A static header has an invalid name or value (the value is not shown: it may be a secret).
     #[error(
         "subscriptions.{subscription}.headers: header {header:?} has an invalid name or value"
@@ -97,6 +108,15 @@ pub enum DeliveryError {
         /// Why.
         #[source]
         source: UnsendableError,
+    },
+    /// The test request could not be authenticated (e.g. no OAuth2 token).
+    #[error("the test request to subscription '{subscription}' could not be authenticated")]
+    Authenticate {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: AuthError,
     },
     /// The test request got no HTTP answer (timeout, connection refused, TLS).
     #[error("the test request to subscription '{subscription}' got no answer")]
@@ -244,6 +264,10 @@ pub async fn send_test(
             source,
         }),
         http::Attempt::Unsendable(source) => Err(unsendable(source)),
+        http::Attempt::Auth(source) => Err(DeliveryError::Authenticate {
+            subscription: sub.name.clone(),
+            source,
+        }),
     }
 }
 
