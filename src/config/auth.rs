@@ -484,6 +484,46 @@ mod tests {
         }
     }
 
+    /// Every `# auth = {...}` example in the shipped config parses and validates.
+    #[test]
+    fn the_examples_in_config_example_toml_are_valid() {
+        const EXAMPLE: &str = include_str!("../../config.example.toml");
+        let examples: Vec<&str> = EXAMPLE
+            .lines()
+            .filter_map(|line| line.strip_prefix("# auth = "))
+            .collect();
+        assert_eq!(examples.len(), 8, "{examples:?}");
+        let mut kinds = std::collections::BTreeSet::new();
+        for example in examples {
+            // ${VAR}s become a literal value; the key path becomes the test key.
+            let mut text = example.replace("/etc/walhook/jwt.pem", RSA_KEY);
+            while let Some(start) = text.find("${") {
+                let end = start + text[start..].find('}').unwrap();
+                text.replace_range(start..=end, "example-value");
+            }
+            let config = auth(&text);
+            kinds.insert(
+                format!("{config:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            [
+                "Basic",
+                "Bearer",
+                "Header",
+                "Jiandaoyun",
+                "Jwt",
+                "None",
+                "OAuth2"
+            ]
+        );
+    }
+
     #[test]
     fn every_type_parses() {
         assert!(matches!(auth(r#"{ type = "none" }"#), AuthConfig::None));
