@@ -20,6 +20,7 @@ mod interpolate;
 mod position;
 mod secret;
 mod syntax;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use auth::{
 pub use duration::Duration;
 pub use interpolate::interpolate;
 pub use secret::{Secret, SecretList};
+pub use tls::{load_ca_file, CaFileError, TlsConfig, DEFAULT_TLS_VERIFY};
 
 /// Why the configuration cannot be used; every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +519,8 @@ pub struct SubscriptionConfig {
     /// Request authentication/signing.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// TLS settings; `None` = the shared client (web PKI roots, verified).
+    pub tls: Option<TlsConfig>,
     /// Disabled subscriptions keep their cursor but receive nothing.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -557,6 +561,7 @@ impl fmt::Debug for SubscriptionConfig {
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("enabled", &self.enabled)
             .finish()
     }

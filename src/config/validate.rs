@@ -306,5 +306,6 @@ fn validate_subscription(sub: &SubscriptionConfig, field: &str, forms: &HashSet<
         ));
     }
     super::auth::validate_auth(&sub.auth, field)?;
+    super::tls::validate_tls(sub.tls.as_ref(), field)?;
     Ok(())
 }

@@ -17,7 +17,8 @@ use super::auth::{Auth, AuthError, AuthSetupError};
 use super::render::RenderError;
 use super::retry::Outcome;
 use super::DeliveryError;
-use crate::config::{HttpMethod, SubscriptionConfig};
+use crate::config::{load_ca_file, HttpMethod, SubscriptionConfig};
+use tracing::warn;
 
 /// `user-agent` of every request.
 pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
@@ -47,6 +48,11 @@ const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp
 /// Builds the one client shared by every worker (and by `send_test`):
 /// rustls, keep-alive pooling, no redirects.
 pub fn build_client() -> Result<Client, DeliveryError> {
+    client_builder().build().map_err(DeliveryError::Client)
+}
+
+/// The shared client's settings, for per-subscription TLS clients too.
+fn client_builder() -> reqwest::ClientBuilder {
     Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
@@ -54,8 +60,33 @@ pub fn build_client() -> Result<Client, DeliveryError> {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .tcp_keepalive(TCP_KEEPALIVE)
-        .build()
-        .map_err(DeliveryError::Client)
+}
+
+/// A subscription's own client when it has `tls` settings: extra roots from
+/// `ca_file`, or no certificate checks with `verify = false` (warned about).
+fn tls_client(sub: &SubscriptionConfig) -> Result<Option<Client>, DeliveryError> {
+    let Some(tls) = &sub.tls else {
+        return Ok(None);
+    };
+    let mut builder = client_builder();
+    if let Some(path) = &tls.ca_file {
+        let certs = load_ca_file(path).map_err(|source| DeliveryError::CaFile {
+            subscription: sub.name.clone(),
+            source,
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if !tls.verify {
+        warn!(
+            subscription = %sub.name,
+            "tls.verify = false: this endpoint's certificate and host name are NOT checked, \
+             so anyone on the network path can read and alter its webhooks; use tls.ca_file instead"
+        );
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder.build().map(Some).map_err(DeliveryError::Client)
 }
 
 /// Why an event could not be turned into a request at all.
@@ -172,6 +203,8 @@ pub(crate) struct Endpoint {
     headers: HeaderMap,
     auth: Auth,
     timeout: Duration,
+    /// The subscription's own client (it has `tls` settings), used instead of the shared one.
+    client: Option<Client>,
 }
 
 impl Endpoint {
@@ -213,6 +246,7 @@ impl Endpoint {
             headers,
             auth,
             timeout: sub.timeout.get(),
+            client: tls_client(sub)?,
         })
     }
 
@@ -229,6 +263,7 @@ impl Endpoint {
         timestamp: u64,
         body: Bytes,
     ) -> Attempt {
+        let client = self.client.as_ref().unwrap_or(client);
         let mut headers = self.headers.clone();
         let Ok(id_value) = HeaderValue::from_str(id) else {
             return Attempt::Unsendable(UnsendableError::InvalidId(id.to_owned()));
@@ -291,6 +326,7 @@ impl fmt::Debug for Endpoint {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("auth", &self.auth)
             .field("timeout", &self.timeout)
+            .field("own_client", &self.client.is_some())
             .finish()
     }
 }

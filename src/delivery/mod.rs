@@ -3,8 +3,11 @@
 //!
 //! Each worker reads the shared log through its own cursor (so a slow or
 //! failing endpoint never delays another subscription), filters events by
-//! form and op, renders the body (`render`), signs it with Standard Webhooks
-//! headers (`sign`), sends it with the shared `reqwest::Client` (`http`), and
+//! form and op, renders the body (`render`), authenticates it as `auth.type`
+//! says (`auth`: Standard Webhooks signatures from `sign`, basic/bearer/API-key
+//! headers, 简道云 signing, OAuth2 client credentials, per-request JWTs),
+//! sends it with the shared `reqwest::Client`, or the subscription's own one
+//! when it has `tls` settings (`http`), and
 //! lets the retry policy (`retry`, the one place that classifies outcomes)
 //! decide: delivered, retry later, dead letter, or disable on 410 Gone.
 //!
@@ -72,6 +75,15 @@ pub enum DeliveryError {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client for deliveries")]
     Client(#[source] reqwest::Error),
+    /// A subscription's `tls.ca_file` is unusable (validation normally catches it).
+    #[error("subscriptions.{subscription}.tls.ca_file cannot be used")]
+    CaFile {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: crate::config::CaFileError,
+    },
     /// A signing secret is unusable.
     #[error("subscriptions.{subscription}.auth.secret is invalid")]
     Secret {

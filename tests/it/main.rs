@@ -11,3 +11,4 @@ mod harness;
 mod pipeline;
 mod runner;
 mod support;
+mod tls;
