@@ -80,7 +80,7 @@ pub enum AuthConfig {
 }
 
 /// `auth = { type = "oauth2", ... }`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// The token endpoint (http or https).
@@ -97,6 +97,24 @@ pub struct OAuth2Config {
     /// How the client authenticates to the token endpoint.
     #[serde(default)]
     pub client_auth: ClientAuth,
+}
+
+/// Like a subscription's `url`, the token URL shows only its origin (a query
+/// may carry a key).
+impl std::fmt::Debug for OAuth2Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2Config")
+            .field(
+                "token_url",
+                &format_args!("{}/***", self.token_url.origin().ascii_serialization()),
+            )
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("scope", &self.scope)
+            .field("audience", &self.audience)
+            .field("client_auth", &self.client_auth)
+            .finish()
+    }
 }
 
 /// How the OAuth2 client credentials reach the token endpoint (RFC 6749 2.3.1).
@@ -680,7 +698,7 @@ mod tests {
             r#"{ type = "header", name = "X-Api-Key", value = "${TOKEN}" }"#,
             r#"{ type = "hmac", secret = "${TOKEN}" }"#,
             r#"{ type = "jiandaoyun", secret = "${TOKEN}" }"#,
-            r#"{ type = "oauth2", token_url = "https://a/t", client_id = "c", client_secret = "${TOKEN}" }"#,
+            r#"{ type = "oauth2", token_url = "https://a/t?key=${TOKEN}", client_id = "c", client_secret = "${TOKEN}" }"#,
             r#"{ type = "jwt", algorithm = "HS256", secret = "${TOKEN}", issuer = "i", audience = "a" }"#,
         ];
         for text in configs {

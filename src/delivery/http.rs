@@ -355,3 +355,66 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
     buf.truncate(EXCERPT_BYTES);
     (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects formatted log output.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn endpoint_logs(tls: serde_json::Value) -> (Endpoint, String) {
+        let mut sub = serde_json::json!({"name": "s", "url": "https://127.0.0.1:1/"});
+        if !tls.is_null() {
+            sub["tls"] = tls;
+        }
+        let sub: SubscriptionConfig = serde_json::from_value(sub).unwrap();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let endpoint =
+            tracing::subscriber::with_default(subscriber, || Endpoint::new(&sub).unwrap());
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        (endpoint, text)
+    }
+
+    #[test]
+    fn verify_false_gets_its_own_client_and_a_loud_warning() {
+        let (endpoint, logs) = endpoint_logs(serde_json::json!({"verify": false}));
+        assert!(endpoint.client.is_some());
+        assert!(
+            logs.contains("WARN")
+                && logs.contains("tls.verify = false")
+                && logs.contains("subscription=s"),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn without_tls_the_shared_client_is_used_silently() {
+        let (endpoint, logs) = endpoint_logs(serde_json::Value::Null);
+        assert!(endpoint.client.is_none());
+        assert!(logs.is_empty(), "{logs}");
+        let (endpoint, logs) = endpoint_logs(serde_json::json!({"verify": true}));
+        assert!(endpoint.client.is_some());
+        assert!(logs.is_empty(), "{logs}");
+    }
+}
