@@ -14,11 +14,13 @@
 //! The shipped `config.example.toml` documents every key with its default and is
 //! parsed by a unit test, so it cannot drift from these types.
 
+mod auth;
 mod duration;
 mod interpolate;
 mod position;
 mod secret;
 mod syntax;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -30,9 +32,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use auth::{
+    load_rsa_key, AuthConfig, ClientAuth, JwtAlgorithm, JwtConfig, KeyFileError, OAuth2Config,
+    DEFAULT_JWT_TTL,
+};
 pub use duration::Duration;
 pub use interpolate::interpolate;
 pub use secret::{Secret, SecretList};
+pub use tls::{load_ca_file, CaFileError, TlsConfig, DEFAULT_TLS_VERIFY};
 
 /// Why the configuration cannot be used; every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -537,6 +544,8 @@ pub struct SubscriptionConfig {
     /// Request authentication/signing.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// TLS settings; `None` = the shared client (web PKI roots, verified).
+    pub tls: Option<TlsConfig>,
     /// Disabled subscriptions keep their cursor but receive nothing.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -615,6 +624,7 @@ impl fmt::Debug for SubscriptionConfig {
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("enabled", &self.enabled)
             .field("start", &self.start)
             .field("filter", &self.filter)
@@ -732,38 +742,6 @@ impl Default for RetryConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             initial: DEFAULT_RETRY_INITIAL,
             max: DEFAULT_RETRY_MAX,
-        }
-    }
-}
-
-/// `auth = { type = "...", ... }`: how requests are authenticated.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(from = "AuthToml")]
-pub enum AuthConfig {
-    /// No authentication.
-    #[default]
-    None,
-    /// Standard Webhooks `webhook-signature` (HMAC-SHA256); several secrets during rotation.
-    Hmac {
-        /// One secret or a list; `whsec_`-prefixed secrets are base64.
-        secret: SecretList,
-    },
-}
-
-/// The TOML shape of [`AuthConfig`]: serde's internally tagged unit variants accept
-/// any extra keys, so `none` is an empty struct variant here to reject them.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum AuthToml {
-    None {},
-    Hmac { secret: SecretList },
-}
-
-impl From<AuthToml> for AuthConfig {
-    fn from(auth: AuthToml) -> Self {
-        match auth {
-            AuthToml::None {} => Self::None,
-            AuthToml::Hmac { secret } => Self::Hmac { secret },
         }
     }
 }

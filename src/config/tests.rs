@@ -45,7 +45,7 @@ fn example_parses() {
         AuthConfig::Hmac { secret } => {
             assert_eq!(secret.secrets()[0].expose(), "crm-hmac-secret-value")
         }
-        AuthConfig::None => panic!("expected hmac"),
+        other => panic!("expected hmac, got {other:?}"),
     }
 }
 
@@ -276,7 +276,7 @@ fn hmac_with_a_list_of_secrets() {
                 ]
             );
         }
-        AuthConfig::None => panic!("expected hmac"),
+        other => panic!("expected hmac, got {other:?}"),
     }
 }
 

@@ -6,11 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
-use base64::Engine as _;
-
-use super::{
-    AuthConfig, Config, ConfigError, Format, SourceConfig, SubscriptionConfig, TableConfig,
-};
+use super::{Config, ConfigError, Format, SourceConfig, SubscriptionConfig, TableConfig};
 use crate::delivery::template::Templates;
 
 type Result = std::result::Result<(), ConfigError>;
@@ -311,33 +307,8 @@ fn validate_subscription(sub: &SubscriptionConfig, field: &str, forms: &HashSet<
             ),
         ));
     }
-    if let AuthConfig::Hmac { secret } = &sub.auth {
-        if secret.secrets().is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{field}.auth.secret"),
-                "is an empty list; give at least one secret",
-            ));
-        }
-        for (j, s) in secret.secrets().iter().enumerate() {
-            let s = s.expose();
-            let bad = match s.strip_prefix("whsec_") {
-                Some(b64) => {
-                    b64.is_empty()
-                        || base64::engine::general_purpose::STANDARD
-                            .decode(b64)
-                            .is_err()
-                }
-                None => s.is_empty(),
-            };
-            if bad {
-                return Err(ConfigError::invalid(
-                    format!("{field}.auth.secret[{j}]"),
-                    "must be non-empty, and a whsec_ secret must be followed by valid base64 \
-                     (copy it exactly as the receiver shows it)",
-                ));
-            }
-        }
-    }
+    super::auth::validate_auth(&sub.auth, field)?;
+    super::tls::validate_tls(sub.tls.as_ref(), field)?;
     Ok(())
 }
 

@@ -13,11 +13,12 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use reqwest::{Client, Method};
 
+use super::auth::{Auth, AuthError, AuthSetupError};
 use super::render::RenderError;
 use super::retry::Outcome;
-use super::sign::{signature_header, SigningKey};
 use super::DeliveryError;
-use crate::config::{AuthConfig, HttpMethod, SubscriptionConfig};
+use crate::config::{load_ca_file, HttpMethod, SubscriptionConfig};
+use tracing::warn;
 
 /// `user-agent` of every request.
 pub const USER_AGENT_VALUE: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
@@ -43,11 +44,15 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// Builds the one client shared by every worker (and by `send_test`):
 /// rustls, keep-alive pooling, no redirects.
 pub fn build_client() -> Result<Client, DeliveryError> {
+    client_builder().build().map_err(DeliveryError::Client)
+}
+
+/// The shared client's settings, for per-subscription TLS clients too.
+fn client_builder() -> reqwest::ClientBuilder {
     Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
@@ -55,8 +60,33 @@ pub fn build_client() -> Result<Client, DeliveryError> {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .tcp_keepalive(TCP_KEEPALIVE)
-        .build()
-        .map_err(DeliveryError::Client)
+}
+
+/// A subscription's own client when it has `tls` settings: extra roots from
+/// `ca_file`, or no certificate checks with `verify = false` (warned about).
+fn tls_client(sub: &SubscriptionConfig) -> Result<Option<Client>, DeliveryError> {
+    let Some(tls) = &sub.tls else {
+        return Ok(None);
+    };
+    let mut builder = client_builder();
+    if let Some(path) = &tls.ca_file {
+        let certs = load_ca_file(path).map_err(|source| DeliveryError::CaFile {
+            subscription: sub.name.clone(),
+            source,
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if !tls.verify {
+        warn!(
+            subscription = %sub.name,
+            "tls.verify = false: this endpoint's certificate and host name are NOT checked, \
+             so anyone on the network path can read and alter its webhooks; use tls.ca_file instead"
+        );
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    builder.build().map(Some).map_err(DeliveryError::Client)
 }
 
 /// Why an event could not be turned into a request at all.
@@ -86,6 +116,8 @@ pub(crate) enum Attempt {
     Failed(reqwest::Error),
     /// The request could not be built.
     Unsendable(UnsendableError),
+    /// The request could not be authenticated (an OAuth2 token fetch failed).
+    Auth(AuthError),
 }
 
 impl Attempt {
@@ -103,6 +135,9 @@ impl Attempt {
             Attempt::Failed(err) if err.is_timeout() => Outcome::Timeout,
             Attempt::Failed(_) => Outcome::Transport,
             Attempt::Unsendable(_) => Outcome::Unrenderable,
+            // A token endpoint that fails is retried like an unreachable receiver.
+            Attempt::Auth(err) if err.is_timeout() => Outcome::Timeout,
+            Attempt::Auth(_) => Outcome::Transport,
         }
     }
 
@@ -143,6 +178,7 @@ impl Attempt {
             }
             Attempt::Failed(err) => error_chain(err),
             Attempt::Unsendable(err) => error_chain(err),
+            Attempt::Auth(err) => error_chain(err),
         }
     }
 }
@@ -165,8 +201,10 @@ pub(crate) struct Endpoint {
     method: Method,
     url: url::Url,
     headers: HeaderMap,
-    keys: Vec<SigningKey>,
+    auth: Auth,
     timeout: Duration,
+    /// The subscription's own client (it has `tls` settings), used instead of the shared one.
+    client: Option<Client>,
 }
 
 impl Endpoint {
@@ -187,18 +225,16 @@ impl Endpoint {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let keys = match &sub.auth {
-            AuthConfig::None => Vec::new(),
-            AuthConfig::Hmac { secret } => secret
-                .secrets()
-                .iter()
-                .map(|s| SigningKey::from_secret(s.expose()))
-                .collect::<Result<_, _>>()
-                .map_err(|source| DeliveryError::Secret {
-                    subscription: sub.name.clone(),
-                    source,
-                })?,
-        };
+        let auth = Auth::new(&sub.auth).map_err(|err| match err {
+            AuthSetupError::Secret(source) => DeliveryError::Secret {
+                subscription: sub.name.clone(),
+                source,
+            },
+            source => DeliveryError::Auth {
+                subscription: sub.name.clone(),
+                source,
+            },
+        })?;
         let method = match sub.method {
             HttpMethod::Post => Method::POST,
             HttpMethod::Put => Method::PUT,
@@ -208,8 +244,9 @@ impl Endpoint {
             method,
             url: sub.url.clone(),
             headers,
-            keys,
+            auth,
             timeout: sub.timeout.get(),
+            client: tls_client(sub)?,
         })
     }
 
@@ -227,6 +264,7 @@ impl Endpoint {
         body: Bytes,
         templated: &HeaderMap,
     ) -> Attempt {
+        let client = self.client.as_ref().unwrap_or(client);
         let mut headers = self.headers.clone();
         // Rendered header templates replace their configured raw values.
         for (name, value) in templated {
@@ -237,15 +275,20 @@ impl Endpoint {
         };
         headers.insert(WEBHOOK_ID, id_value);
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        if !self.keys.is_empty() {
-            let signature = signature_header(&self.keys, id, timestamp, &body);
-            // Base64 and "v1," are always valid header characters.
-            if let Ok(value) = HeaderValue::from_str(&signature) {
-                headers.insert(WEBHOOK_SIGNATURE, value);
-            }
+        let applied = match self
+            .auth
+            .apply(client, &self.url, id, timestamp, &body, self.timeout)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(err) => return Attempt::Auth(err),
+        };
+        for (name, value) in applied.headers {
+            headers.insert(name, value);
         }
+        let url = applied.url.unwrap_or_else(|| self.url.clone());
         let sent = client
-            .request(self.method.clone(), self.url.clone())
+            .request(self.method.clone(), url)
             .headers(headers)
             .timeout(self.timeout)
             .body(body)
@@ -257,6 +300,9 @@ impl Endpoint {
             Err(err) => return Attempt::Failed(err.without_url()),
         };
         let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.auth.unauthorized(applied.token.as_ref()).await;
+        }
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -283,8 +329,9 @@ impl fmt::Debug for Endpoint {
             .field("method", &self.method)
             .field("host", &self.url.host_str())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("keys", &format_args!("{} x ***", self.keys.len()))
+            .field("auth", &self.auth)
             .field("timeout", &self.timeout)
+            .field("own_client", &self.client.is_some())
             .finish()
     }
 }
@@ -312,4 +359,67 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
     }
     buf.truncate(EXCERPT_BYTES);
     (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects formatted log output.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn endpoint_logs(tls: serde_json::Value) -> (Endpoint, String) {
+        let mut sub = serde_json::json!({"name": "s", "url": "https://127.0.0.1:1/"});
+        if !tls.is_null() {
+            sub["tls"] = tls;
+        }
+        let sub: SubscriptionConfig = serde_json::from_value(sub).unwrap();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let endpoint =
+            tracing::subscriber::with_default(subscriber, || Endpoint::new(&sub).unwrap());
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        (endpoint, text)
+    }
+
+    #[test]
+    fn verify_false_gets_its_own_client_and_a_loud_warning() {
+        let (endpoint, logs) = endpoint_logs(serde_json::json!({"verify": false}));
+        assert!(endpoint.client.is_some());
+        assert!(
+            logs.contains("WARN")
+                && logs.contains("tls.verify = false")
+                && logs.contains("subscription=s"),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn without_tls_the_shared_client_is_used_silently() {
+        let (endpoint, logs) = endpoint_logs(serde_json::Value::Null);
+        assert!(endpoint.client.is_none());
+        assert!(logs.is_empty(), "{logs}");
+        let (endpoint, logs) = endpoint_logs(serde_json::json!({"verify": true}));
+        assert!(endpoint.client.is_some());
+        assert!(logs.is_empty(), "{logs}");
+    }
 }

@@ -3,8 +3,11 @@
 //!
 //! Each worker reads the shared log through its own cursor (so a slow or
 //! failing endpoint never delays another subscription), filters events by
-//! form and op, renders the body (`render`), signs it with Standard Webhooks
-//! headers (`sign`), sends it with the shared `reqwest::Client` (`http`), and
+//! form and op, renders the body (`render`), authenticates it as `auth.type`
+//! says (`auth`: Standard Webhooks signatures from `sign`, basic/bearer/API-key
+//! headers, 简道云 signing, OAuth2 client credentials, per-request JWTs),
+//! sends it with the shared `reqwest::Client`, or the subscription's own one
+//! when it has `tls` settings (`http`), and
 //! lets the retry policy (`retry`, the one place that classifies outcomes)
 //! decide: delivered, retry later, dead letter, or disable on 410 Gone.
 //!
@@ -18,6 +21,7 @@
 //! append signal (a `watch` of the last appended seq) and the shutdown token,
 //! then `spawn` the workers and join the returned `JoinSet` on exit.
 
+mod auth;
 mod http;
 mod render;
 mod retry;
@@ -40,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DeliveryConfig, SubscriptionConfig};
 use crate::store::{Store, StoreError, StoredEvent};
 
+pub use auth::{AuthError, AuthSetupError};
 pub use http::{build_client, UnsendableError};
 pub use render::{FilterError, RenderError};
 pub use sign::{signature_header, InvalidSecret, SigningKey};
@@ -71,6 +76,15 @@ pub enum DeliveryError {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client for deliveries")]
     Client(#[source] reqwest::Error),
+    /// A subscription's `tls.ca_file` is unusable (validation normally catches it).
+    #[error("subscriptions.{subscription}.tls.ca_file cannot be used")]
+    CaFile {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: crate::config::CaFileError,
+    },
     /// A signing secret is unusable.
     #[error("subscriptions.{subscription}.auth.secret is invalid")]
     Secret {
@@ -79,6 +93,15 @@ pub enum DeliveryError {
         /// Why.
         #[source]
         source: InvalidSecret,
+    },
+    /// The subscription's auth cannot be prepared (a bad key, a value that cannot be a header).
+    #[error("subscriptions.{subscription}: cannot prepare its auth")]
+    Auth {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: AuthSetupError,
     },
     /// A static header has an invalid name or value (the value is not shown: it may be a secret).
     #[error(
@@ -107,6 +130,15 @@ pub enum DeliveryError {
         /// Why.
         #[source]
         source: UnsendableError,
+    },
+    /// The test request could not be authenticated (e.g. no OAuth2 token).
+    #[error("the test request to subscription '{subscription}' could not be authenticated")]
+    Authenticate {
+        /// The subscription.
+        subscription: String,
+        /// Why.
+        #[source]
+        source: AuthError,
     },
     /// The test request got no HTTP answer (timeout, connection refused, TLS).
     #[error("the test request to subscription '{subscription}' got no answer")]
@@ -285,6 +317,10 @@ pub async fn send_test(
             source,
         }),
         http::Attempt::Unsendable(source) => Err(unsendable(source)),
+        http::Attempt::Auth(source) => Err(DeliveryError::Authenticate {
+            subscription: sub.name.clone(),
+            source,
+        }),
     }
 }
 

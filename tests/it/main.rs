@@ -4,6 +4,7 @@
 //! receivers on 127.0.0.1, and the real walhook binary where a test needs to
 //! kill it or read its exit code.
 
+mod auth;
 mod cli;
 mod crash;
 mod formats;
@@ -12,3 +13,4 @@ mod pipeline;
 mod reload;
 mod runner;
 mod support;
+mod tls;
