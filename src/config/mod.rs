@@ -16,6 +16,7 @@
 
 mod duration;
 mod interpolate;
+mod limits;
 mod position;
 mod secret;
 mod syntax;
@@ -32,6 +33,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use duration::Duration;
 pub use interpolate::interpolate;
+pub use limits::{
+    BatchConfig, ByteSize, RateLimit, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_EVENTS,
+    DEFAULT_BATCH_MAX_WAIT,
+};
 pub use secret::{Secret, SecretList};
 
 /// Why the configuration cannot be used; every variant means exit code 2.
@@ -518,6 +523,12 @@ pub struct SubscriptionConfig {
     /// Where a subscription the store has not seen yet starts.
     #[serde(default)]
     pub start: StartFrom,
+    /// Several events per request (`{"events": [...]}`); `None` = one event per request.
+    pub batch: Option<BatchConfig>,
+    /// Requests per period, spaced evenly; `None` = unlimited (only `delivery.max_concurrency`).
+    pub rate_limit: Option<RateLimit>,
+    /// Consecutive failed attempts after which the subscription is disabled; `None` = never.
+    pub disable_after: Option<u32>,
 }
 
 /// Where a new subscription starts reading the log.
@@ -568,6 +579,9 @@ impl fmt::Debug for SubscriptionConfig {
             .field("auth", &self.auth)
             .field("enabled", &self.enabled)
             .field("start", &self.start)
+            .field("batch", &self.batch)
+            .field("rate_limit", &self.rate_limit)
+            .field("disable_after", &self.disable_after)
             .finish()
     }
 }
