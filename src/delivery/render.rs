@@ -2,10 +2,12 @@
 //!
 //! Today only `format = "walhook"` exists: one event's body is the stored
 //! event JSON, byte for byte (so numbers keep the digits Postgres printed and
-//! the signature covers exactly what the store holds). Several events (the
-//! later `batch` option) become `{"events": [ ... ]}` of the same bytes.
-//! Formats `jiandaoyun` and `template` will plug in here, keyed on the
-//! subscription, so every caller keeps going through this one function.
+//! the signature covers exactly what the store holds). A subscription with
+//! `batch` (or a call with several events) gets `{"events": [ ... ]}` whose
+//! items are the per-event bodies, unchanged: a batch of one is still
+//! wrapped, so a batch receiver always parses one shape. Formats `jiandaoyun`
+//! and `template` plug into [`render_event`], keyed on the subscription, so
+//! every caller keeps going through [`render`].
 
 use bytes::Bytes;
 
@@ -20,28 +22,51 @@ pub enum RenderError {
     Empty,
 }
 
+const BATCH_OPEN: &[u8] = br#"{"events":["#;
+const BATCH_CLOSE: &[u8] = b"]}";
+
 /// Renders the request body for `events` (in commit order) for `sub`.
-pub fn render(_sub: &SubscriptionConfig, events: &[StoredEvent]) -> Result<Bytes, RenderError> {
+pub fn render(sub: &SubscriptionConfig, events: &[StoredEvent]) -> Result<Bytes, RenderError> {
     match events {
         [] => Err(RenderError::Empty),
-        [event] => Ok(Bytes::copy_from_slice(&event.payload)),
+        [event] if sub.batch.is_none() => render_event(sub, event),
         many => {
-            const OPEN: &[u8] = br#"{"events":["#;
-            const CLOSE: &[u8] = b"]}";
-            let len =
-                OPEN.len() + CLOSE.len() + many.iter().map(|e| e.payload.len() + 1).sum::<usize>();
-            let mut body = Vec::with_capacity(len);
-            body.extend_from_slice(OPEN);
-            for (i, event) in many.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(&event.payload);
-            }
-            body.extend_from_slice(CLOSE);
-            Ok(Bytes::from(body))
+            let parts = many
+                .iter()
+                .map(|event| render_event(sub, event))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(wrap_batch(&parts))
         }
     }
+}
+
+/// One event's body in the subscription's format (an item of a batch).
+pub fn render_event(_sub: &SubscriptionConfig, event: &StoredEvent) -> Result<Bytes, RenderError> {
+    Ok(Bytes::copy_from_slice(&event.payload))
+}
+
+/// `{"events":[part,part,...]}` of already rendered per-event bodies.
+fn wrap_batch(parts: &[Bytes]) -> Bytes {
+    let mut body = Vec::with_capacity(batch_len(parts.iter().map(Bytes::len)));
+    body.extend_from_slice(BATCH_OPEN);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(part);
+    }
+    body.extend_from_slice(BATCH_CLOSE);
+    Bytes::from(body)
+}
+
+/// The exact length of the batch body whose per-event bodies have these lengths.
+pub fn batch_len(part_lens: impl IntoIterator<Item = usize>) -> usize {
+    let (count, sum) = part_lens
+        .into_iter()
+        .fold((0usize, 0usize), |(n, sum), len| {
+            (n + 1, sum.saturating_add(len))
+        });
+    BATCH_OPEN.len() + BATCH_CLOSE.len() + sum + count.saturating_sub(1)
 }
 
 #[cfg(test)]
@@ -79,6 +104,18 @@ mod tests {
         assert_eq!(&body[..], br#"{"events":[{"a":1},{"b":2.50}]}"#);
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["events"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_subscription_wraps_even_one_event() {
+        let mut batched = sub();
+        batched.batch = Some(crate::config::BatchConfig::default());
+        let body = render(&batched, &[event(1, r#"{"a":1}"#)]).unwrap();
+        assert_eq!(&body[..], br#"{"events":[{"a":1}]}"#);
+        let three = [event(1, "{}"), event(2, r#"{"b":2}"#), event(3, "[]")];
+        let body = render(&batched, &three).unwrap();
+        assert_eq!(body.len(), batch_len(three.iter().map(|e| e.payload.len())));
+        assert_eq!(batch_len([7]), br#"{"events":[]}"#.len() + 7);
     }
 
     #[test]
