@@ -288,21 +288,31 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
 
 /// Creates the store's place (cursor) of every subscription it does not know
 /// yet, at the end of the log or, with `start = "earliest"`, at its start.
+///
+/// It also re-enables every subscription that is `enabled` in the config but
+/// was disabled by its endpoint (410 Gone) or by `disable_after`: this runs
+/// at start-up and on each reload, so after fixing the endpoint an operator
+/// re-enables it with a SIGHUP or a restart. Its cursor was kept, so it
+/// resumes where it stopped.
 async fn ensure_places(store: &Store, subs: &[SubscriptionConfig]) -> Result<(), Error> {
     let s = store.clone();
-    let places: Vec<(String, Start)> = subs
+    let places: Vec<(String, Start, bool)> = subs
         .iter()
         .map(|sub| {
             let start = match sub.start {
                 StartFrom::End => Start::End,
                 StartFrom::Earliest => Start::Earliest,
             };
-            (sub.name.clone(), start)
+            (sub.name.clone(), start, sub.enabled)
         })
         .collect();
     blocking(move || {
-        for (name, start) in places {
-            s.ensure_subscription(&name, start)?;
+        for (name, start, enabled) in places {
+            let state = s.ensure_subscription(&name, start)?;
+            if let (true, Some(reason)) = (enabled, state.disabled_reason) {
+                s.set_disabled(&name, None)?;
+                tracing::warn!(subscription = %name, was = %reason, "re-enabling a disabled subscription (the config says enabled = true); it resumes at its cursor");
+            }
         }
         Ok(())
     })
@@ -397,7 +407,8 @@ async fn supervise(
                 workers = Workers::start(&deliveries, &running.subscriptions, &token)?;
             }
             joined = workers.set.join_next(), if !workers.set.is_empty() => {
-                // A worker ends by itself only on 410 Gone (Ok) or a store error.
+                // A worker ends by itself only when it disabled its
+                // subscription (410 Gone or disable_after; Ok) or on a store error.
                 if let Some(Ok(Err(e))) = joined {
                     return Err(e.into());
                 }

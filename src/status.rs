@@ -19,7 +19,7 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SubscriptionStatus {
     /// name
     pub name: String,
-    /// `active`, `paused` (enabled = false), `disabled` (410 Gone) or `new`
+    /// `active`, `paused` (enabled = false), `disabled` (410 Gone or `disable_after`) or `new`
     pub state: String,
     /// events stored that it has not passed yet
     pub backlog: u64,

@@ -17,6 +17,7 @@
 mod auth;
 mod duration;
 mod interpolate;
+mod limits;
 mod position;
 mod secret;
 mod syntax;
@@ -38,6 +39,10 @@ pub use auth::{
 };
 pub use duration::Duration;
 pub use interpolate::interpolate;
+pub use limits::{
+    BatchConfig, ByteSize, RateLimit, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_EVENTS,
+    DEFAULT_BATCH_MAX_WAIT,
+};
 pub use secret::{Secret, SecretList};
 pub use tls::{load_ca_file, CaFileError, TlsConfig, DEFAULT_TLS_VERIFY};
 
@@ -563,6 +568,12 @@ pub struct SubscriptionConfig {
     /// `appId` of `format = "jiandaoyun"` bodies; filled at load with the
     /// database name of `source.url` when unset.
     pub app_id: Option<String>,
+    /// Several events per request (`{"events": [...]}`); `None` = one event per request.
+    pub batch: Option<BatchConfig>,
+    /// Requests per period, spaced evenly; `None` = unlimited (only `delivery.max_concurrency`).
+    pub rate_limit: Option<RateLimit>,
+    /// Consecutive failed attempts after which the subscription is disabled; `None` = never.
+    pub disable_after: Option<u32>,
 }
 
 /// Where a new subscription starts reading the log.
@@ -638,6 +649,9 @@ impl fmt::Debug for SubscriptionConfig {
                     .map(|t| format!("<{} bytes>", t.len())),
             )
             .field("app_id", &self.app_id)
+            .field("batch", &self.batch)
+            .field("rate_limit", &self.rate_limit)
+            .field("disable_after", &self.disable_after)
             .finish()
     }
 }

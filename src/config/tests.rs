@@ -493,3 +493,53 @@ fn debug_shows_template_size_not_content() {
     assert!(!debug.contains("tok-secret-1234"), "{debug}");
     assert!(debug.contains("template: Some(\"<"), "{debug}");
 }
+
+#[test]
+fn batch_rate_limit_and_disable_after_default_to_off() {
+    let c = parse(&with_sub("")).unwrap();
+    let s = &c.subscriptions[0];
+    assert!(s.batch.is_none() && s.rate_limit.is_none() && s.disable_after.is_none());
+}
+
+#[test]
+fn batch_keys_parse_with_defaults() {
+    let c = parse(&with_sub(
+        "batch = { max_events = 50, max_bytes = \"64KiB\" }\nrate_limit = \"600/min\"\ndisable_after = 100",
+    ))
+    .unwrap();
+    let s = &c.subscriptions[0];
+    let batch = s.batch.unwrap();
+    assert_eq!(batch.max_events, 50);
+    assert_eq!(batch.max_bytes.get(), 65_536);
+    assert_eq!(batch.max_wait, DEFAULT_BATCH_MAX_WAIT);
+    assert_eq!(
+        s.rate_limit.unwrap().interval(),
+        std::time::Duration::from_millis(100)
+    );
+    assert_eq!(s.disable_after, Some(100));
+    let c = parse(&with_sub("batch = {}\n")).unwrap();
+    assert_eq!(c.subscriptions[0].batch, Some(BatchConfig::default()));
+    let c = parse(&with_sub("batch = { max_bytes = 5000, max_wait = \"0s\" }")).unwrap();
+    assert_eq!(c.subscriptions[0].batch.unwrap().max_bytes.get(), 5000);
+}
+
+#[test]
+fn batch_and_limits_are_checked_naming_the_field() {
+    let err = error(&with_sub("batch = { max_events = 0 }"));
+    assert!(err.contains("subscriptions[0].batch.max_events"), "{err}");
+    assert!(err.contains("at least 1"), "{err}");
+    let err = error(&with_sub("batch = { max_bytes = 0 }"));
+    assert!(err.contains("subscriptions[0].batch.max_bytes"), "{err}");
+    let err = error(&with_sub("batch = { max_bytes = \"1 parsec\" }"));
+    assert!(err.contains("subscriptions[0].batch.max_bytes"), "{err}");
+    assert!(err.contains("\"1MB\""), "{err}");
+    let err = error(&with_sub("batch = { max_event = 3 }"));
+    assert!(err.contains("unknown field `max_event`"), "{err}");
+    let err = error(&with_sub("rate_limit = \"100 per minute\""));
+    assert!(err.contains("subscriptions[0].rate_limit"), "{err}");
+    assert!(err.contains("\"100/min\""), "{err}");
+    let err = error(&with_sub("rate_limit = \"0/s\""));
+    assert!(err.contains("subscriptions[0].rate_limit"), "{err}");
+    let err = error(&with_sub("disable_after = 0"));
+    assert!(err.contains("subscriptions[0].disable_after"), "{err}");
+}

@@ -309,7 +309,7 @@ fn validate_subscription(sub: &SubscriptionConfig, field: &str, forms: &HashSet<
     }
     super::auth::validate_auth(&sub.auth, field)?;
     super::tls::validate_tls(sub.tls.as_ref(), field)?;
-    Ok(())
+    validate_limits(sub, field)
 }
 
 /// `format`, `template`, `app_id`, and that every Jinja part compiles.
@@ -362,5 +362,30 @@ fn validate_format(sub: &SubscriptionConfig, field: &str) -> Result {
             format!("does not compile: {}; fix the Jinja syntax", err.source),
         )
     })?;
+    Ok(())
+}
+
+/// `batch`, `disable_after` (`rate_limit` is fully checked when parsed).
+fn validate_limits(sub: &SubscriptionConfig, field: &str) -> Result {
+    if let Some(batch) = &sub.batch {
+        if batch.max_events == 0 {
+            return Err(ConfigError::invalid(
+                format!("{field}.batch.max_events"),
+                "must be at least 1; remove batch to send one event per request",
+            ));
+        }
+        if batch.max_bytes.get() == 0 {
+            return Err(ConfigError::invalid(
+                format!("{field}.batch.max_bytes"),
+                "must be greater than 0; write a size like \"1MB\"",
+            ));
+        }
+    }
+    if sub.disable_after == Some(0) {
+        return Err(ConfigError::invalid(
+            format!("{field}.disable_after"),
+            "must be at least 1; remove the key to never disable the subscription",
+        ));
+    }
     Ok(())
 }

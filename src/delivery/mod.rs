@@ -10,22 +10,29 @@
 //! when it has `tls` settings (`http`), and
 //! lets the retry policy (`retry`, the one place that classifies outcomes)
 //! decide: delivered, retry later, dead letter, or disable on 410 Gone.
+//! Per subscription, `batch` groups events into one request (`batch`),
+//! `rate_limit` spaces requests (`rate`), and `disable_after` disables the
+//! subscription after that many failed attempts in a row (`streak`).
 //!
 //! Guarantees (DESIGN.md 2–4): at-least-once with stable ids (an event is only
 //! marked delivered after a 2xx; a crash re-sends the unflushed tail with the
-//! same `webhook-id`); strict commit order per subscription (one event in
-//! flight); isolation (own cursor, retry state and dead letters per
-//! subscription; a global semaphore caps concurrent requests).
+//! same `webhook-id`); strict commit order per subscription (one request in
+//! flight: an event, or a batch delivered or retried as a unit); isolation
+//! (own cursor, retry state and dead letters per subscription; a global
+//! semaphore caps concurrent requests).
 //!
 //! Wiring: build `Deliveries` once with the store, `[delivery]` config, the
 //! append signal (a `watch` of the last appended seq) and the shutdown token,
 //! then `spawn` the workers and join the returned `JoinSet` on exit.
 
 mod auth;
+mod batch;
 mod http;
+mod rate;
 mod render;
 mod retry;
 mod sign;
+mod streak;
 pub(crate) mod template;
 mod worker;
 
@@ -224,7 +231,9 @@ impl Deliveries {
 
     /// Validates every enabled subscription, then spawns one worker each.
     /// Nothing is spawned if one is invalid. A worker ends with `Ok` on
-    /// shutdown or when its endpoint answers 410, with `Err` on a store error.
+    /// shutdown, when its endpoint answers 410 or after `disable_after`
+    /// failed attempts (the subscription is then disabled in the store), and
+    /// with `Err` on a store error.
     pub fn spawn(
         &self,
         subs: &[SubscriptionConfig],

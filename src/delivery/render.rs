@@ -150,6 +150,9 @@ pub(crate) struct Rendered {
 #[derive(Debug)]
 pub(crate) struct Renderer {
     format: Format,
+    /// `batch` is set: every body is `{"events": [...]}`, even for one event,
+    /// so a batch receiver always parses one shape.
+    batched: bool,
     templates: Templates,
     app_id: String,
     /// Whether a template's output must be JSON (no non-JSON content-type header).
@@ -166,6 +169,7 @@ impl Renderer {
             .map(|(_, value)| value.as_str());
         Ok(Renderer {
             format: sub.format,
+            batched: sub.batch.is_some(),
             templates: Templates::compile(sub)?,
             app_id: sub.app_id.clone().unwrap_or_default(),
             json_body: content_type.is_none_or(is_json_media_type),
@@ -191,13 +195,10 @@ impl Renderer {
             None
         };
         let body = match self.format {
-            Format::Walhook => wrap(events.iter().map(|e| Ok(e.payload.clone())))?,
-            Format::Jiandaoyun => wrap(events.iter().map(|e| {
-                serde_json::to_vec(&self.jiandaoyun(e)?).map_err(|source| RenderError::Event {
-                    id: e.id.clone(),
-                    source,
-                })
-            }))?,
+            Format::Walhook | Format::Jiandaoyun => wrap(
+                events.iter().map(|e| self.render_event(e).map(Vec::from)),
+                self.batched,
+            )?,
             Format::Template => {
                 let ctx = ctx.as_ref().ok_or(RenderError::NoTemplate)?;
                 let text = self
@@ -241,6 +242,25 @@ impl Renderer {
             }
         }
         Ok(Rendered { body, headers })
+    }
+
+    /// One event's body in the subscription's format (an item of a batch;
+    /// the batch planner measures with it).
+    pub(crate) fn render_event(&self, event: &StoredEvent) -> Result<Bytes, RenderError> {
+        match self.format {
+            Format::Walhook => Ok(Bytes::copy_from_slice(&event.payload)),
+            Format::Jiandaoyun => serde_json::to_vec(&self.jiandaoyun(event)?)
+                .map(Bytes::from)
+                .map_err(|source| RenderError::Event {
+                    id: event.id.clone(),
+                    source,
+                }),
+            // A template renders the whole request; alone, one event is
+            // rendered as if it were the request.
+            Format::Template => self
+                .render(std::slice::from_ref(event))
+                .map(|rendered| rendered.body),
+        }
     }
 
     /// One event as 简道云's data push sends it (see the module docs).
@@ -328,29 +348,35 @@ impl Renderer {
     }
 }
 
-/// One body per event; several become `{"events":[...]}` of the same bytes.
+/// One body per event; several (or any number, for a batch subscription)
+/// become `{"events":[...]}` of the same bytes.
 fn wrap(
     bodies: impl ExactSizeIterator<Item = Result<Vec<u8>, RenderError>>,
+    batched: bool,
 ) -> Result<Bytes, RenderError> {
-    const OPEN: &[u8] = br#"{"events":["#;
-    const CLOSE: &[u8] = b"]}";
-    if bodies.len() == 1 {
+    if bodies.len() == 1 && !batched {
         let mut bodies = bodies;
         return match bodies.next() {
             Some(body) => Ok(Bytes::from(body?)),
             None => Err(RenderError::Empty),
         };
     }
-    let mut out = Vec::from(OPEN);
+    if bodies.len() == 0 {
+        return Err(RenderError::Empty);
+    }
+    let mut out = Vec::from(BATCH_OPEN);
     for (i, body) in bodies.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(&body?);
     }
-    out.extend_from_slice(CLOSE);
+    out.extend_from_slice(BATCH_CLOSE);
     Ok(Bytes::from(out))
 }
+
+const BATCH_OPEN: &[u8] = br#"{"events":["#;
+const BATCH_CLOSE: &[u8] = b"]}";
 
 /// The template context: the first event, plus `events` (all of them) when
 /// there are several.
@@ -388,6 +414,16 @@ fn is_json_media_type(value: &str) -> bool {
         .trim()
         .to_ascii_lowercase();
     essence == "application/json" || essence.ends_with("+json") || template::is_template(value)
+}
+
+/// The exact length of the batch body whose per-event bodies have these lengths.
+pub fn batch_len(part_lens: impl IntoIterator<Item = usize>) -> usize {
+    let (count, sum) = part_lens
+        .into_iter()
+        .fold((0usize, 0usize), |(n, sum), len| {
+            (n + 1, sum.saturating_add(len))
+        });
+    BATCH_OPEN.len() + BATCH_CLOSE.len() + sum + count.saturating_sub(1)
 }
 
 #[cfg(test)]
@@ -460,6 +496,17 @@ mod tests {
         assert_eq!(&body[..], br#"{"events":[{"a":1},{"b":2.50}]}"#);
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["events"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_subscription_wraps_even_one_event() {
+        let batched = renderer(serde_json::json!({"batch": {}}));
+        let body = batched.render(&[event(1, r#"{"a":1}"#)]).unwrap().body;
+        assert_eq!(&body[..], br#"{"events":[{"a":1}]}"#);
+        let three = [event(1, "{}"), event(2, r#"{"b":2}"#), event(3, "[]")];
+        let body = batched.render(&three).unwrap().body;
+        assert_eq!(body.len(), batch_len(three.iter().map(|e| e.payload.len())));
+        assert_eq!(batch_len([7]), br#"{"events":[]}"#.len() + 7);
     }
 
     #[test]

@@ -817,3 +817,238 @@ fn invalid_secret_fails_before_anything_runs() {
     assert!(matches!(err, DeliveryError::Secret { .. }));
     assert!(err.to_string().contains("subscriptions.broken.auth.secret"));
 }
+
+// ---------------------------------------------------------------- batching, rate limit, disable_after
+
+fn batch_ids(hit: &Hit) -> Vec<String> {
+    let body: serde_json::Value = serde_json::from_slice(&hit.body).unwrap();
+    body["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch: {body}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backlog_is_sent_in_full_batches_in_order() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    let ids = h.append_n(25);
+    h.spawn(&[subscription(
+        "batched",
+        &receiver.url("/"),
+        json!({"batch": {"max_events": 10, "max_wait": "500ms"},
+               "auth": {"type": "hmac", "secret": SECRET}}),
+    )]);
+    let started = Instant::now();
+    let hits = receiver.wait_hits(3).await;
+    // Full batches do not wait; only the last, partial one does.
+    assert!(hits[1].at.duration_since(started) < Duration::from_millis(400));
+    assert!(hits[2].at.duration_since(started) >= Duration::from_millis(450));
+    let sizes: Vec<usize> = hits.iter().map(|hit| batch_ids(hit).len()).collect();
+    assert_eq!(sizes, [10, 10, 5]);
+    let all: Vec<String> = hits.iter().flat_map(batch_ids).collect();
+    assert_eq!(all, ids);
+    for hit in &hits {
+        assert_eq!(hit.header("webhook-id"), batch_ids(hit)[0]);
+        assert!(verify_signature(hit, SECRET));
+    }
+    // The items are the stored events, byte for byte.
+    let first = std::str::from_utf8(&hits[0].body).unwrap();
+    let payload1 = String::from_utf8(payload(&ids[0], "data_create", "orders", 1)).unwrap();
+    assert!(first.starts_with(&format!("{{\"events\":[{payload1},")));
+    let state = h
+        .wait_state("batched", "cursor at the end", |s| s.delivered == 25)
+        .await;
+    assert_eq!(state.cursor, 25);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_partial_batch_waits_max_wait_for_more_events() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    h.spawn(&[subscription(
+        "waiting",
+        &receiver.url("/"),
+        json!({"batch": {"max_events": 100, "max_wait": "400ms"}}),
+    )]);
+    let started = Instant::now();
+    h.append_n(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.append_n(2);
+    let hits = receiver.wait_hits(1).await;
+    let waited = hits[0].at.duration_since(started);
+    assert!(
+        waited >= Duration::from_millis(380),
+        "sent after {waited:?}"
+    );
+    assert_eq!(
+        batch_ids(&hits[0]).len(),
+        3,
+        "later events joined the batch"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_batch_is_retried_as_a_unit_then_dead_lettered_whole() {
+    let receiver = Receiver::start(
+        vec![Reply::Status(500), Reply::Status(503)],
+        Reply::Status(200),
+    )
+    .await;
+    let mut h = Harness::new("1s");
+    let ids = h.append_n(4);
+    h.spawn(&[subscription(
+        "unit",
+        &receiver.url("/"),
+        json!({"batch": {"max_events": 3, "max_wait": "0s"},
+               "retry": {"max_attempts": 5, "initial": "10ms", "max": "20ms"}}),
+    )]);
+    let hits = receiver.wait_hits(4).await;
+    assert_eq!(batch_ids(&hits[0]), ids[..3]);
+    assert_eq!(hits[0].body, hits[1].body, "same body on retry");
+    assert_eq!(hits[1].body, hits[2].body);
+    assert!(hits[..3]
+        .iter()
+        .all(|hit| hit.header("webhook-id") == ids[0]));
+    assert_eq!(batch_ids(&hits[3]), ids[3..]);
+    let state = h
+        .wait_state("unit", "all delivered", |s| s.delivered == 4)
+        .await;
+    assert_eq!(state.cursor, 4);
+    h.stop().await;
+
+    let receiver = Receiver::start(vec![], Reply::Body(400, "nope".into())).await;
+    let mut h = Harness::new("1s");
+    let ids = h.append_n(3);
+    h.spawn(&[subscription(
+        "dead",
+        &receiver.url("/"),
+        json!({"batch": {"max_events": 2, "max_wait": "0s"},
+               "retry": {"max_attempts": 2, "initial": "10ms", "max": "10ms"}}),
+    )]);
+    let state = h
+        .wait_state("dead", "three dead letters", |s| s.dead_lettered == 3)
+        .await;
+    assert_eq!(state.cursor, 3);
+    let dead = h.dead_letters("dead");
+    let dead_ids: Vec<&str> = dead.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(dead_ids, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    for letter in &dead {
+        assert_eq!(letter.reason, "HTTP 400 Bad Request");
+        assert_eq!(letter.attempts, 2);
+        assert_eq!(letter.body_excerpt.as_deref(), Some("nope"));
+    }
+    assert_eq!(receiver.hits().len(), 4, "two batches, two attempts each");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn batches_respect_max_bytes_and_unwanted_events_inside_are_skipped() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    let ids = h.append(&[
+        ("data_create", "orders"),
+        ("data_create", "users"),
+        ("data_create", "orders"),
+        ("data_create", "orders"),
+        ("data_create", "users"),
+    ]);
+    let one = payload(&ids[0], "data_create", "orders", 1).len();
+    // Room for two events, not three.
+    let max = render::batch_len([one, one]);
+    h.spawn(&[subscription(
+        "bytes",
+        &receiver.url("/"),
+        json!({"forms": ["orders"], "batch": {"max_events": 100, "max_bytes": max, "max_wait": "0s"}}),
+    )]);
+    let hits = receiver.wait_hits(2).await;
+    assert_eq!(batch_ids(&hits[0]), [ids[0].clone(), ids[2].clone()]);
+    assert_eq!(batch_ids(&hits[1]), [ids[3].clone()]);
+    assert!(hits.iter().all(|hit| hit.body.len() <= max));
+    h.wait_state("bytes", "cursor past the trailing skipped event", |s| {
+        s.cursor == 5
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_requests() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    h.append_n(4);
+    h.spawn(&[subscription(
+        "paced",
+        &receiver.url("/"),
+        json!({"rate_limit": "20/s"}),
+    )]);
+    let hits = receiver.wait_hits(4).await;
+    for pair in hits.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(gap >= Duration::from_millis(40), "gap {gap:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn disable_after_consecutive_failures_disables_and_stops() {
+    let receiver = Receiver::start(vec![], Reply::Status(500)).await;
+    let mut h = Harness::new("1s");
+    h.append_n(3);
+    let sub = subscription(
+        "flaky",
+        &receiver.url("/"),
+        // Failures count across events: two dead letters, then the fifth
+        // failed attempt disables.
+        json!({"disable_after": 5, "retry": {"max_attempts": 2, "initial": "10ms", "max": "10ms"}}),
+    );
+    h.spawn(std::slice::from_ref(&sub));
+    let state = h
+        .wait_state("flaky", "disabled", |s| s.disabled_reason.is_some())
+        .await;
+    let reason = state.disabled_reason.unwrap();
+    assert!(
+        reason.contains("disabled after 5 consecutive failed attempts"),
+        "{reason}"
+    );
+    assert!(reason.contains("HTTP 500"), "{reason}");
+    assert!(reason.contains("SIGHUP"), "{reason}");
+    assert_eq!(state.dead_lettered, 2);
+    assert_eq!(state.cursor, 2, "the third event stays in the log");
+    // The worker ended by itself.
+    let joined = tokio::time::timeout(WAIT, h.tasks.join_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(joined.is_ok());
+    assert_eq!(receiver.hits().len(), 5);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_success_resets_the_failure_streak() {
+    let receiver = Receiver::start(
+        vec![Reply::Status(500), Reply::Status(500), Reply::Status(200)],
+        Reply::Status(500),
+    )
+    .await;
+    let mut h = Harness::new("1s");
+    h.append_n(2);
+    h.spawn(&[subscription(
+        "recovering",
+        &receiver.url("/"),
+        json!({"disable_after": 3, "retry": {"max_attempts": 100, "initial": "10ms", "max": "10ms"}}),
+    )]);
+    // 2 failures, success, then 3 more failures: disabled at the 6th request.
+    let state = h
+        .wait_state("recovering", "disabled", |s| s.disabled_reason.is_some())
+        .await;
+    assert_eq!(state.delivered, 1);
+    assert_eq!(receiver.hits().len(), 6);
+    h.stop().await;
+}

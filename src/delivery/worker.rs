@@ -1,10 +1,27 @@
 //! One subscription's delivery loop.
 //!
 //! The worker owns the subscription's cursor over the shared log and sends
-//! one event at a time, in commit order: the next event waits until the
-//! previous one is delivered or dead-lettered. Events the subscription does
-//! not want (by `forms`, `ops` or `filter`) are skipped by moving the cursor;
-//! a filter that fails on an event is logged and counts as not matching.
+//! one request at a time, in commit order: one event, or with `batch` a
+//! batch of events (`super::batch` decides what fits). The next request
+//! waits until the previous one is delivered or dead-lettered. Events the
+//! subscription does not want (by `forms`, `ops` or `filter`) are skipped by
+//! moving the cursor (or, while a batch is open, by letting the batch's
+//! cursor advance cover them); a filter that fails on an event is logged and
+//! counts as not matching.
+//!
+//! Batches: a full batch (by count or bytes) goes at once; a partial one
+//! goes once the log is caught up and `batch.max_wait` has passed since its
+//! first event was taken, so a backlog never waits. A batch is one request:
+//! the same body and `webhook-id` (its first event's id) on every retry,
+//! one attempt count and backoff, and on giving up every event of the batch
+//! becomes a dead letter with the reason. After a 2xx the cursor moves to
+//! the batch's last event. `rate_limit` spaces the requests (`super::rate`).
+//!
+//! Auto-disable: every failed attempt extends a streak that a delivered
+//! request ends (`super::streak`); when it reaches `disable_after`, as on
+//! 410 Gone, the subscription is disabled in the store with the reason and
+//! the worker stops. Its events stay in the log and its cursor is kept; the
+//! supervisor (`app`) clears the flag on a reload or restart.
 //!
 //! Persistence: the cursor advance after a 2xx is coalesced (every
 //! `FLUSH_EVERY_EVENTS` events, every `FLUSH_INTERVAL`, whenever the worker
@@ -16,10 +33,11 @@
 //! the backoff schedule instead of hammering the receiver.
 //!
 //! Shutdown: on cancellation the worker takes no new event and stops waiting
-//! for backoff or for a permit; a request already in flight may finish within
-//! the grace period, else it is abandoned (not marked delivered, so it is
-//! re-sent after restart).
+//! for backoff, for a batch to fill, for the rate limit or for a permit; a
+//! request already in flight may finish within the grace period, else it is
+//! abandoned (not marked delivered, so it is re-sent after restart).
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{value::Error as ValueError, IntoDeserializer};
@@ -28,9 +46,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::batch::{Batch, Limits};
 use super::http::{Attempt, UnsendableError};
+use super::rate::RateLimiter;
 use super::render::{Rendered, Renderer};
 use super::retry::{decide, Decision};
+use super::streak::FailureStreak;
 use super::{DeliveryError, Shared};
 use crate::config::{Op, SubscriptionConfig};
 use crate::store::{Start, Store, StoreError, StoredEvent};
@@ -51,7 +72,7 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// closed signal must not stall delivery).
 const STORE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether the loop goes on to the next event.
+/// Whether the loop goes on to the next request.
 enum Step {
     Next,
     Stop,
@@ -65,6 +86,13 @@ pub(crate) struct Worker {
     shared: Shared,
     appended: watch::Receiver<i64>,
     appended_closed: bool,
+    limits: Limits,
+    rate: Option<RateLimiter>,
+    streak: FailureStreak,
+    /// Events read from the store and not yet taken, in seq order.
+    buffer: VecDeque<StoredEvent>,
+    /// The highest seq read from the store.
+    read_pos: i64,
     /// Last event delivered, dead-lettered or skipped.
     cursor: i64,
     /// Cursor as last written to the store.
@@ -72,7 +100,7 @@ pub(crate) struct Worker {
     unflushed_delivered: u64,
     unflushed_events: u64,
     dirty_since: Option<Instant>,
-    /// Failed attempts of the next wanted event.
+    /// Failed attempts of the next wanted event (or batch).
     attempts: u32,
     /// Backoff to wait before the next attempt.
     pending_wait: Option<Duration>,
@@ -87,12 +115,17 @@ impl Worker {
     ) -> Self {
         let appended = shared.appended.clone();
         Worker {
+            limits: Limits::of(&sub),
+            rate: sub.rate_limit.map(RateLimiter::new),
+            streak: FailureStreak::new(sub.disable_after),
             sub,
             endpoint,
             renderer,
             shared,
             appended,
             appended_closed: false,
+            buffer: VecDeque::new(),
+            read_pos: 0,
             cursor: 0,
             persisted: 0,
             unflushed_delivered: 0,
@@ -103,7 +136,7 @@ impl Worker {
         }
     }
 
-    /// Runs until shutdown, a 410 (disabled), or a store error.
+    /// Runs until shutdown, a disable (410 or `disable_after`), or a store error.
     pub(crate) async fn run(mut self) -> Result<(), DeliveryError> {
         let state = self
             .store_call("load its delivery state", |s, name| {
@@ -116,6 +149,7 @@ impl Worker {
         }
         self.cursor = state.cursor;
         self.persisted = state.cursor;
+        self.read_pos = state.cursor;
         self.attempts = state.attempts;
         let now_ms = unix_ms(self.shared.clock.now());
         self.pending_wait = state
@@ -131,37 +165,81 @@ impl Worker {
 
     async fn deliver_loop(&mut self) -> Result<(), DeliveryError> {
         loop {
-            if self.shared.shutdown.is_cancelled() {
+            let Some(batch) = self.next_batch().await? else {
+                return Ok(());
+            };
+            if let Step::Stop = self.deliver(batch).await? {
                 return Ok(());
             }
+            self.maybe_flush().await?;
+        }
+    }
+
+    /// Gathers the next request's events; None on shutdown.
+    async fn next_batch(&mut self) -> Result<Option<Batch>, DeliveryError> {
+        let mut batch = Batch::new(self.limits);
+        loop {
+            if self.shared.shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            while let Some(event) = self.buffer.pop_front() {
+                if !self.wants(&event) {
+                    if batch.is_empty() {
+                        self.moved_past(event.seq, 0);
+                    } else {
+                        batch.pass_over(event.seq);
+                    }
+                    continue;
+                }
+                // A body that cannot be rendered is dead-lettered on its own,
+                // never with the healthy events around it.
+                let body_len = match self.renderer.render_event(&event) {
+                    Ok(body) => body.len(),
+                    Err(_) if batch.is_empty() => {
+                        let _ = batch.push(event, 0, Instant::now());
+                        return Ok(Some(batch));
+                    }
+                    Err(_) => {
+                        self.buffer.push_front(event);
+                        return Ok(Some(batch));
+                    }
+                };
+                if let Err(event) = batch.push(event, body_len, Instant::now()) {
+                    self.buffer.push_front(event);
+                    return Ok(Some(batch));
+                }
+                if batch.is_full() {
+                    return Ok(Some(batch));
+                }
+            }
+            self.maybe_flush().await?;
             // Mark the signal seen before reading, so an append that lands
             // during the read wakes the wait below instead of being missed.
             self.appended.borrow_and_update();
-            let after = self.cursor;
+            let after = self.read_pos;
             let page = self
                 .store_call("read events", move |s, _| s.read_after(after, PAGE_SIZE))
                 .await?;
-            if page.is_empty() {
-                self.flush().await?;
-                if !self.wait_for_events().await {
-                    return Ok(());
-                }
+            if let Some(last) = page.last() {
+                self.read_pos = last.seq;
+                self.buffer.extend(page);
                 continue;
             }
-            for event in page {
-                if self.shared.shutdown.is_cancelled() {
-                    return Ok(());
+            // Caught up.
+            match batch.deadline() {
+                None => {
+                    self.flush().await?;
+                    if !self.wait_for_events(None).await {
+                        return Ok(None);
+                    }
                 }
-                if !self.wants(&event) {
-                    self.moved_past(event.seq, 0);
-                    continue;
+                Some(deadline) if Instant::now() >= deadline => return Ok(Some(batch)),
+                Some(deadline) => {
+                    if !self.wait_for_events(Some(deadline)).await {
+                        return Ok(None);
+                    }
                 }
-                if let Step::Stop = self.deliver(event).await? {
-                    return Ok(());
-                }
-                self.maybe_flush().await?;
             }
-            self.maybe_flush().await?;
         }
     }
 
@@ -183,10 +261,17 @@ impl Worker {
             })
     }
 
-    /// Sends `event` until it is delivered, dead-lettered or the worker stops.
-    async fn deliver(&mut self, event: StoredEvent) -> Result<Step, DeliveryError> {
+    /// Sends `batch` until it is delivered, dead-lettered or the worker stops.
+    async fn deliver(&mut self, batch: Batch) -> Result<Step, DeliveryError> {
+        let through = batch.through();
+        let events = batch.into_events();
+        let Some(first) = events.first() else {
+            return Ok(Step::Next);
+        };
+        let id = first.id.clone();
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
         // A render failure is permanent: the policy dead-letters it at once.
-        let (rendered, mut unsendable) = match self.renderer.render(std::slice::from_ref(&event)) {
+        let (rendered, mut unsendable) = match self.renderer.render(&events) {
             Ok(rendered) => (rendered, None),
             Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
         };
@@ -198,7 +283,7 @@ impl Worker {
             }
             let attempt = match unsendable.take() {
                 Some(err) => Attempt::Unsendable(err),
-                None => match self.send(&event.id, &rendered).await {
+                None => match self.send(&id, &rendered).await {
                     Some(attempt) => attempt,
                     None => return Ok(Step::Stop),
                 },
@@ -215,14 +300,15 @@ impl Worker {
             let reason = attempt.describe(self.endpoint.timeout());
             match decision {
                 Decision::Delivered => {
-                    debug!(subscription = %self.sub.name, event_id = %event.id, attempt = number, "delivered");
+                    debug!(subscription = %self.sub.name, event_id = %id, events = count, attempt = number, "delivered");
                     self.attempts = 0;
-                    self.moved_past(event.seq, 1);
+                    self.streak.succeeded();
+                    self.moved_past(through, count);
                     return Ok(Step::Next);
                 }
                 Decision::Retry(delay) => {
                     warn!(
-                        subscription = %self.sub.name, event_id = %event.id, attempt = number,
+                        subscription = %self.sub.name, event_id = %id, events = count, attempt = number,
                         status = attempt.status(), error = %reason,
                         retry_in = %humantime::format_duration(round_ms(delay)),
                         "delivery attempt failed; will retry"
@@ -230,54 +316,105 @@ impl Worker {
                     self.flush().await?;
                     let next_at = unix_ms(now)
                         .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    let recorded = reason.clone();
                     self.store_call("record a failed attempt", move |s, name| {
-                        s.record_failure(name, number, next_at, &reason)
+                        s.record_failure(name, number, next_at, &recorded)
                     })
                     .await?;
                     self.attempts = number;
                     self.pending_wait = Some(delay);
+                    if self.streak.failed() {
+                        return self.disable_after_streak(&reason).await;
+                    }
                 }
                 Decision::DeadLetter => {
                     warn!(
-                        subscription = %self.sub.name, event_id = %event.id, attempt = number,
+                        subscription = %self.sub.name, event_id = %id, events = count, attempt = number,
                         status = attempt.status(), error = %reason,
-                        "delivery attempt failed; event moved to dead letters"
+                        "delivery attempt failed; moved to dead letters"
                     );
                     self.flush().await?;
                     let status = attempt.status();
                     let excerpt = attempt.excerpt().map(str::to_owned);
-                    let seq = event.seq;
+                    let recorded = reason.clone();
+                    let last = events.last().map_or(0, |e| e.seq);
+                    // One dead letter per event, each with the batch's reason.
                     self.store_call("store a dead letter", move |s, name| {
-                        s.dead_letter(name, &event, number, status, &reason, excerpt.as_deref())
+                        for event in &events {
+                            s.dead_letter(
+                                name,
+                                event,
+                                number,
+                                status,
+                                &recorded,
+                                excerpt.as_deref(),
+                            )?;
+                        }
+                        Ok(())
                     })
                     .await?;
                     self.attempts = 0;
-                    self.cursor = self.cursor.max(seq);
-                    self.persisted = self.persisted.max(seq);
+                    self.persisted = self.persisted.max(last);
+                    self.cursor = self.cursor.max(last);
+                    if through > last {
+                        // Unwanted events after the batch: skipped.
+                        self.moved_past(through, 0);
+                    }
+                    if self.streak.failed() {
+                        return self.disable_after_streak(&reason).await;
+                    }
                     return Ok(Step::Next);
                 }
                 Decision::Disable => {
                     let why = format!(
-                        "endpoint answered {reason} to event {}; fix the subscription's url, then re-enable it",
-                        event.id
+                        "endpoint answered {reason} to event {id}; fix the subscription's url, \
+                         then reload walhook (SIGHUP) or restart it to re-enable the subscription"
                     );
                     error!(
-                        subscription = %self.sub.name, event_id = %event.id, attempt = number,
+                        subscription = %self.sub.name, event_id = %id, attempt = number,
                         status = attempt.status(), "endpoint is gone; subscription disabled"
                     );
-                    self.flush().await?;
-                    self.store_call("disable the subscription", move |s, name| {
-                        s.set_disabled(name, Some(&why))
-                    })
-                    .await?;
+                    self.disable(why).await?;
                     return Ok(Step::Stop);
                 }
             }
         }
     }
 
-    /// One HTTP attempt under the global limit; None when shutdown stopped it.
-    async fn send(&self, id: &str, rendered: &Rendered) -> Option<Attempt> {
+    /// `disable_after` consecutive failed attempts: disable and stop.
+    async fn disable_after_streak(&mut self, last_error: &str) -> Result<Step, DeliveryError> {
+        let failures = self.streak.count();
+        let why = format!(
+            "disabled after {failures} consecutive failed attempts (last: {last_error}); fix the \
+             endpoint, then reload walhook (SIGHUP) or restart it to re-enable the subscription"
+        );
+        error!(
+            subscription = %self.sub.name, failures, last_error = %last_error,
+            "subscription disabled after {failures} consecutive failed attempts (disable_after); \
+             its events are kept; reload (SIGHUP) or restart walhook to re-enable it"
+        );
+        self.disable(why).await?;
+        Ok(Step::Stop)
+    }
+
+    /// Flushes the cursor and marks the subscription disabled in the store.
+    async fn disable(&mut self, why: String) -> Result<(), DeliveryError> {
+        self.flush().await?;
+        self.store_call("disable the subscription", move |s, name| {
+            s.set_disabled(name, Some(&why))
+        })
+        .await
+    }
+
+    /// One HTTP attempt under the rate limit and the global limit; None when
+    /// shutdown stopped it.
+    async fn send(&mut self, id: &str, rendered: &Rendered) -> Option<Attempt> {
+        if let Some(rate) = self.rate.as_mut() {
+            let wait = rate.reserve(Instant::now());
+            if !wait.is_zero() && !self.sleep_unless_cancelled(wait).await {
+                return None;
+            }
+        }
         let shutdown = &self.shared.shutdown;
         let permit = tokio::select! {
             biased;
@@ -308,8 +445,11 @@ impl Worker {
         Some(attempt)
     }
 
-    /// Waits for an append signal or the poll interval; false on shutdown.
-    async fn wait_for_events(&mut self) -> bool {
+    /// Waits for an append signal, the poll interval or `deadline`
+    /// (whichever comes first); false on shutdown.
+    async fn wait_for_events(&mut self, deadline: Option<Instant>) -> bool {
+        let poll = Instant::now() + STORE_POLL_INTERVAL;
+        let until = deadline.map_or(poll, |d| d.min(poll));
         tokio::select! {
             biased;
             () = self.shared.shutdown.cancelled() => false,
@@ -320,7 +460,7 @@ impl Worker {
                 }
                 true
             }
-            () = tokio::time::sleep(STORE_POLL_INTERVAL) => true,
+            () = tokio::time::sleep_until(until) => true,
         }
     }
 
@@ -337,7 +477,7 @@ impl Worker {
     fn moved_past(&mut self, seq: i64, delivered: u64) {
         self.cursor = self.cursor.max(seq);
         self.unflushed_delivered += delivered;
-        self.unflushed_events += 1;
+        self.unflushed_events += delivered.max(1);
         self.dirty_since.get_or_insert_with(Instant::now);
     }
 

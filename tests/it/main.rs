@@ -5,6 +5,7 @@
 //! kill it or read its exit code.
 
 mod auth;
+mod batching;
 mod cli;
 mod crash;
 mod formats;
