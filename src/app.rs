@@ -114,15 +114,29 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
 /// How long `walhook replay` waits for a running walhook to apply its request.
 const REPLAY_WAIT: Duration = Duration::from_secs(15);
 
-/// Files a replay of `name` from `since` ago and reports what it re-queued.
+/// What `walhook replay` puts back in front of a subscription.
+#[derive(Debug, Clone, Copy)]
+pub enum Replay {
+    /// retained events stored within this long ago
+    Since(Duration),
+    /// its dead letters
+    Dead,
+}
+
+/// Files a replay for `name` and reports what it re-queued.
 /// A running walhook applies it within a second; without one, it is applied
 /// here and now.
-pub async fn replay(cfg: &Config, name: &str, since: Duration) -> Result<(), Error> {
-    use crate::store::replay::{replay_outcome, submit_replay};
+pub async fn replay(cfg: &Config, name: &str, what: Replay) -> Result<(), Error> {
+    use crate::store::replay::{replay_outcome, submit_replay, ReplayKind};
     let dir = cfg.store.path.clone();
-    let since_ms = now_ms() - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    let kind = match what {
+        Replay::Since(ago) => ReplayKind::Since(
+            now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)),
+        ),
+        Replay::Dead => ReplayKind::Dead,
+    };
     let (d, n) = (dir.clone(), name.to_string());
-    let id = blocking(move || submit_replay(&d, &n, since_ms)).await?;
+    let id = blocking(move || submit_replay(&d, &n, kind)).await?;
     // Not running: the lock is free, apply it ourselves.
     let d = dir.clone();
     match blocking(move || Store::open(&d)).await {

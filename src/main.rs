@@ -58,17 +58,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-deliver retained events to subscription NAME (same ids, same order).
+    /// Re-deliver retained events or dead letters to subscription NAME (same ids).
     ///
-    /// Rewinds NAME to the first event stored within the given time; safe while
+    /// --since rewinds NAME to the first event stored within the given time;
+    /// --dead re-queues its dead letters at the end of its log. Safe while
     /// `walhook run` is running (it applies the request within a second).
     /// Example: walhook replay crm --since 2h -c walhook.toml
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["since", "dead"])))]
     Replay {
         /// The subscription's name.
         name: String,
         /// How far back, e.g. "30m", "2h", "7d" (at most store.retention).
         #[arg(long)]
-        since: String,
+        since: Option<String>,
+        /// Re-queue the subscription's dead letters.
+        #[arg(long)]
+        dead: bool,
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
@@ -190,6 +195,7 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
         Command::Replay {
             name,
             since,
+            dead,
             config,
         } => {
             let cfg = walhook::config::load(&config)?;
@@ -199,10 +205,15 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
                     config.display()
                 )));
             }
-            let since = humantime::parse_duration(&since).map_err(|e| {
-                Error::Usage(format!("--since {since:?}: {e}; write e.g. 30m, 2h or 7d"))
-            })?;
-            walhook::app::replay(&cfg, &name, since).await
+            let what = match (since, dead) {
+                (Some(since), false) => {
+                    walhook::app::Replay::Since(humantime::parse_duration(&since).map_err(|e| {
+                        Error::Usage(format!("--since {since:?}: {e}; write e.g. 30m, 2h or 7d"))
+                    })?)
+                }
+                _ => walhook::app::Replay::Dead,
+            };
+            walhook::app::replay(&cfg, &name, what).await
         }
         Command::Status { config, json } => {
             let cfg = walhook::config::load(&config)?;

@@ -218,7 +218,9 @@ impl Worker {
             self.appended.borrow_and_update();
             let after = self.read_pos;
             let page = self
-                .store_call("read events", move |s, _| s.read_after(after, PAGE_SIZE))
+                .store_call("read events", move |s, name| {
+                    s.read_for(name, after, PAGE_SIZE)
+                })
                 .await?;
             if let Some(last) = page.last() {
                 self.read_pos = last.seq;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    lsn_from_sql, lsn_option, subscription_row, StoreError, SubscriptionState, DB_FILE,
-    SELECT_SUBSCRIPTIONS,
+    lsn_from_sql, lsn_option, subscription_row, StoreError, SubscriptionState, COUNT_BACKLOG,
+    DB_FILE, SELECT_SUBSCRIPTIONS,
 };
 
 /// Opens the database of the store at `dir` with `flags`, without the
@@ -101,8 +101,8 @@ impl StoreView {
             let backlog: i64 = self
                 .conn
                 .query_row(
-                    "SELECT count(*) FROM events WHERE seq > ?1",
-                    [state.cursor],
+                    COUNT_BACKLOG,
+                    rusqlite::params![state.cursor, state.name],
                     |row| row.get(0),
                 )
                 .map_err(&err)?;

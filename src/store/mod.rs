@@ -115,6 +115,12 @@ const RAISE_DURABLE_LSN: &str = "INSERT INTO meta (key, value) VALUES ('durable_
 const SELECT_EVENTS_AFTER: &str =
     "SELECT seq, id, op, form, commit_lsn, payload, stored_at_ms, row_key FROM events
      WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+/// Events a subscription still has to pass: captured ones and its own re-queued copies.
+pub(crate) const COUNT_BACKLOG: &str =
+    "SELECT count(*) FROM events WHERE seq > ?1 AND for_subscription IN ('', ?2)";
+const SELECT_EVENTS_FOR: &str =
+    "SELECT seq, id, op, form, commit_lsn, payload, stored_at_ms, row_key FROM events
+     WHERE seq > ?1 AND for_subscription IN ('', ?3) ORDER BY seq LIMIT ?2";
 const SELECT_SUBSCRIPTION: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
      FROM subscriptions WHERE name = ?1";
 const SELECT_SUBSCRIPTIONS: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
@@ -522,12 +528,36 @@ impl Store {
     /// once their payloads reach [`READ_MAX_BYTES`] (never fewer than one
     /// if any exists). An empty result means the reader is caught up.
     pub fn read_after(&self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(SELECT_EVENTS_AFTER, after_seq, limit, None)
+    }
+
+    /// Like [`Self::read_after`], for one subscription: captured events plus
+    /// the copies `walhook replay --dead` re-queued for it (and not those
+    /// re-queued for others).
+    pub fn read_for(
+        &self,
+        subscription: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(SELECT_EVENTS_FOR, after_seq, limit, Some(subscription))
+    }
+
+    fn read(
+        &self,
+        sql: &str,
+        after_seq: i64,
+        limit: usize,
+        subscription: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let err = self.err("read events");
         let conn = lock(&self.inner.state);
-        let mut stmt = conn.prepare_cached(SELECT_EVENTS_AFTER).map_err(&err)?;
-        let mut rows = stmt
-            .query(params![after_seq, sql_count(limit)])
-            .map_err(&err)?;
+        let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
+        let mut rows = match subscription {
+            Some(name) => stmt.query(params![after_seq, sql_count(limit), name]),
+            None => stmt.query(params![after_seq, sql_count(limit)]),
+        }
+        .map_err(&err)?;
         let mut events = Vec::new();
         let mut bytes = 0usize;
         while let Some(row) = rows.next().map_err(&err)? {
@@ -684,8 +714,8 @@ impl Store {
             });
         };
         let count: i64 = conn
-            .prepare_cached("SELECT count(*) FROM events WHERE seq > ?1")
-            .and_then(|mut stmt| stmt.query_row([cursor], |row| row.get(0)))
+            .prepare_cached(COUNT_BACKLOG)
+            .and_then(|mut stmt| stmt.query_row(params![cursor, name], |row| row.get(0)))
             .map_err(&err)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }

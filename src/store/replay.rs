@@ -1,5 +1,10 @@
 //! Replay: putting retained events back in front of a subscription.
 //!
+//! Two kinds: `--since T` rewinds the subscription's cursor to the first
+//! event stored since then; `--dead` appends a copy of each of its dead
+//! letters to the end of the log, visible to that subscription only (same
+//! event id, so receivers still deduplicate), and clears the dead letters.
+//!
 //! `walhook replay` may run while `walhook run` holds the store's lock, so it
 //! never changes a cursor itself: it files a request ([`submit_replay`]) on
 //! its own connection, and the process that owns the store applies it
@@ -11,6 +16,8 @@ use std::path::Path;
 use rusqlite::{params, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::inspect::open_unlocked;
+use std::sync::atomic::Ordering;
+
 use super::{lock, now_ms, Store, StoreError};
 
 /// A filed replay request.
@@ -20,8 +27,17 @@ pub struct ReplayRequest {
     pub id: i64,
     /// the subscription to rewind
     pub subscription: String,
-    /// replay retained events stored at or after this time (ms since epoch)
-    pub since_ms: i64,
+    /// what to replay
+    pub kind: ReplayKind,
+}
+
+/// What a replay request puts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayKind {
+    /// retained events stored at or after this time (ms since the epoch)
+    Since(i64),
+    /// the subscription's dead letters
+    Dead,
 }
 
 /// What applying a request did.
@@ -34,11 +50,15 @@ pub struct ReplayOutcome {
 }
 
 /// Files a replay request in the store at `dir` (no lock needed); returns its id.
-pub fn submit_replay(dir: &Path, subscription: &str, since_ms: i64) -> Result<i64, StoreError> {
+pub fn submit_replay(dir: &Path, subscription: &str, kind: ReplayKind) -> Result<i64, StoreError> {
     let (conn, path) = open_unlocked(dir, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let (since_ms, dead) = match kind {
+        ReplayKind::Since(ms) => (Some(ms), false),
+        ReplayKind::Dead => (None, true),
+    };
     conn.execute(
-        "INSERT INTO replay_requests (subscription, since_ms, created_at_ms) VALUES (?1, ?2, ?3)",
-        params![subscription, since_ms, now_ms()],
+        "INSERT INTO replay_requests (subscription, since_ms, dead, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![subscription, since_ms, dead, now_ms()],
     )
     .map_err(StoreError::sqlite(&path, "file a replay request"))?;
     Ok(conn.last_insert_rowid())
@@ -64,16 +84,21 @@ impl Store {
         let conn = lock(&self.inner.state);
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, subscription, coalesce(since_ms, 0) FROM replay_requests
+                "SELECT id, subscription, since_ms, dead FROM replay_requests
                  WHERE applied_at_ms IS NULL ORDER BY id",
             )
             .map_err(&err)?;
         let rows = stmt
             .query_map([], |row| {
+                let since: Option<i64> = row.get(2)?;
+                let dead: bool = row.get(3)?;
                 Ok(ReplayRequest {
                     id: row.get(0)?,
                     subscription: row.get(1)?,
-                    since_ms: row.get(2)?,
+                    kind: match (dead, since) {
+                        (false, Some(ms)) => ReplayKind::Since(ms),
+                        _ => ReplayKind::Dead,
+                    },
                 })
             })
             .map_err(&err)?;
@@ -103,11 +128,41 @@ impl Store {
                 requeued: 0,
                 summary: format!("no subscription '{}' in the store", req.subscription),
             },
+            Some(_) if req.kind == ReplayKind::Dead => {
+                let now = now_ms();
+                let requeued = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO events
+                           (id, commit_lsn, op, form, payload, stored_at_ms, row_key, for_subscription, requeue)
+                         SELECT event_id, commit_lsn, op, form, payload, ?2, row_key, subscription, id
+                         FROM dead_letters WHERE subscription = ?1 ORDER BY id",
+                        params![req.subscription, now],
+                    )
+                    .map_err(&err)?;
+                tx.execute(
+                    "DELETE FROM dead_letters WHERE subscription = ?1",
+                    [&req.subscription],
+                )
+                .map_err(&err)?;
+                let last: i64 = tx
+                    .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+                        row.get(0)
+                    })
+                    .map_err(&err)?;
+                self.inner.last_seq.fetch_max(last, Ordering::AcqRel);
+                ReplayOutcome {
+                    requeued: requeued as u64,
+                    summary: format!("{requeued} dead letters re-queued"),
+                }
+            }
             Some(cursor) => {
+                let ReplayKind::Since(since_ms) = req.kind else {
+                    return Err(err(rusqlite::Error::InvalidQuery));
+                };
                 let first: Option<i64> = tx
                     .query_row(
                         "SELECT min(seq) FROM events WHERE stored_at_ms >= ?1",
-                        [req.since_ms],
+                        [since_ms],
                         |row| row.get(0),
                     )
                     .map_err(&err)?;
@@ -186,7 +241,7 @@ mod tests {
         assert_eq!(store.backlog("s").unwrap(), 0);
 
         // Filed from "another process" while the store is open and locked.
-        let id = submit_replay(&dir, "s", 0).unwrap();
+        let id = submit_replay(&dir, "s", ReplayKind::Since(0)).unwrap();
         assert_eq!(replay_outcome(&dir, id).unwrap(), None);
         let pending = store.pending_replays().unwrap();
         assert_eq!(pending.len(), 1);
@@ -200,7 +255,7 @@ mod tests {
         );
 
         // Since a time after every event: nothing, and never forward.
-        let id = submit_replay(&dir, "s", now_ms() + 60_000).unwrap();
+        let id = submit_replay(&dir, "s", ReplayKind::Since(now_ms() + 60_000)).unwrap();
         let outcome = store
             .apply_replay(&store.pending_replays().unwrap()[0])
             .unwrap();
@@ -212,11 +267,50 @@ mod tests {
             .contains("nothing"));
 
         // An unknown subscription is reported, not an error.
-        submit_replay(&dir, "nope", 0).unwrap();
+        submit_replay(&dir, "nope", ReplayKind::Since(0)).unwrap();
         let outcome = store
             .apply_replay(&store.pending_replays().unwrap()[0])
             .unwrap();
         assert!(outcome.summary.contains("no subscription"));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dead_letters_come_back_for_their_subscription_only() {
+        let dir = std::env::temp_dir().join(format!("walhook-replay-dead-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        store.ensure_subscription("s", Start::Earliest).unwrap();
+        store.ensure_subscription("t", Start::Earliest).unwrap();
+        store.append(&events(0x100, 3)).unwrap();
+        let first = store.read_for("s", 0, 1).unwrap().remove(0);
+        store
+            .dead_letter("s", &first, 3, Some(400), "HTTP 400", Some("bad"))
+            .unwrap();
+        let last = store.last_seq().unwrap();
+        store.advance("s", last, 2).unwrap();
+        store.advance("t", last, 3).unwrap();
+
+        submit_replay(&dir, "s", ReplayKind::Dead).unwrap();
+        let outcome = store
+            .apply_replay(&store.pending_replays().unwrap()[0])
+            .unwrap();
+        assert_eq!(outcome.requeued, 1);
+        assert!(store.dead_letters("s", 10).unwrap().is_empty());
+        let again = store.read_for("s", last, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, first.id, "same event id");
+        assert_eq!(again[0].payload, first.payload);
+        assert!(
+            store.read_for("t", last, 10).unwrap().is_empty(),
+            "not for t"
+        );
+        assert_eq!(store.backlog("s").unwrap(), 1);
+        assert_eq!(store.backlog("t").unwrap(), 0);
+        // Capture re-sending the original is still ignored.
+        store.append(&events(0x100, 3)).unwrap();
+        assert!(store.read_for("t", last, 10).unwrap().is_empty());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

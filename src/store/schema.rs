@@ -24,14 +24,20 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Migrations, oldest first; the schema version is `MIGRATIONS.len()`.
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1
+    // An event is captured once (for_subscription '', requeue 0: re-sent
+    // transactions are ignored by the unique key); `walhook replay --dead`
+    // appends copies meant for one subscription, one per dead letter.
     "CREATE TABLE events (
-        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-        id           TEXT    NOT NULL UNIQUE,
-        commit_lsn   INTEGER NOT NULL,
-        op           TEXT    NOT NULL,
-        form         TEXT    NOT NULL,
-        payload      BLOB    NOT NULL,
-        stored_at_ms INTEGER NOT NULL
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        id               TEXT    NOT NULL,
+        commit_lsn       INTEGER NOT NULL,
+        op               TEXT    NOT NULL,
+        form             TEXT    NOT NULL,
+        payload          BLOB    NOT NULL,
+        stored_at_ms     INTEGER NOT NULL,
+        for_subscription TEXT    NOT NULL DEFAULT '',
+        requeue          INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (id, for_subscription, requeue)
     );
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
@@ -80,6 +86,7 @@ const MIGRATIONS: &[&str] = &[
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
         subscription  TEXT    NOT NULL,
         since_ms      INTEGER,
+        dead          INTEGER NOT NULL DEFAULT 0,
         created_at_ms INTEGER NOT NULL,
         applied_at_ms INTEGER,
         outcome       TEXT

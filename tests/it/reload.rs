@@ -207,3 +207,79 @@ async fn replay_redelivers_retained_events_with_the_same_ids() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_dead_requeues_dead_letters_with_the_same_ids() {
+    use crate::runner::{run_cli, InProcess};
+    use crate::support::receiver::Reply;
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE dl (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let other = TestReceiver::start().await;
+    receiver.set_default(Reply::Status(400));
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let cfg = ConfigText::new(&db.url(), &name, &dir.join("store"))
+        .table("name = \"dl\"")
+        .subscription(
+            "hook",
+            &receiver.url(),
+            "retry = { max_attempts = 2, initial = \"10ms\", max = \"10ms\" }",
+        )
+        .subscription("other", &other.url(), "");
+    let path = cfg.write(&dir);
+    let wh = InProcess::start(cfg.parse()).await;
+    db.execute("INSERT INTO dl SELECT generate_series(1, 3)")
+        .await;
+    // 3 events × 2 attempts, all refused: 3 dead letters.
+    receiver.wait_for(6, WAIT).await;
+    other.wait_for(3, WAIT).await;
+    eventually(WAIT, "three dead letters", || async {
+        let report = walhook::status::collect(&cfg.parse()).await.ok()?;
+        let hook = report.subscriptions.iter().find(|s| s.name == "hook")?;
+        (hook.dead_letters == 3).then_some(())
+    })
+    .await;
+    let refused: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+
+    receiver.set_default(Reply::Status(200));
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(&["replay", "hook", "--dead", "-c", p.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("3 dead letters re-queued"), "{text}");
+    let all = receiver.wait_for(9, WAIT).await;
+    let redelivered: Vec<String> = all[6..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    let mut expected: Vec<String> = refused.clone();
+    expected.dedup();
+    assert_eq!(redelivered, expected, "same ids, in their order");
+    assert!(all[6..].iter().all(|r| r.status == 200));
+    assert_eq!(
+        other.requests().len(),
+        3,
+        "other subscriptions get no copies"
+    );
+    let report = walhook::status::collect(&cfg.parse()).await.unwrap();
+    let hook = report
+        .subscriptions
+        .iter()
+        .find(|s| s.name == "hook")
+        .unwrap();
+    assert_eq!(hook.dead_letters, 0);
+    assert_eq!(hook.backlog, 0);
+    wh.stop().await.unwrap();
+
+    let out = run_cli(&["replay", "hook", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "--since or --dead is required");
+}
