@@ -44,10 +44,12 @@ use super::worker::{Worker, FLUSH_INTERVAL, PAGE_SIZE};
 use super::DeliveryError;
 use crate::store::StoredEvent;
 
-/// Events waiting per lane. Bounds memory (lanes × this many events) and how
-/// far the dispatcher reads ahead of a stuck lane; 64 keeps healthy lanes
-/// busy through a page of the log without holding much.
-pub(crate) const LANE_QUEUE: usize = 64;
+/// Events waiting per lane. Bounds memory (lanes × this many events, 1024
+/// with the default 8 lanes: about four pages of the log) and how far the
+/// dispatcher reads ahead of a stuck lane before backpressure holds every
+/// lane back: 128 lets a failing key's lane absorb a burst of its keys'
+/// events while the other lanes keep delivering.
+pub const LANE_QUEUE: usize = 128;
 
 /// What a lane ends with: `Some(reason)` when the subscription must be disabled.
 type LaneEnd = Result<Option<String>, DeliveryError>;
@@ -61,7 +63,7 @@ struct Finished {
 
 /// The lane of an event: a stable FNV-1a hash of `(form, key)` modulo
 /// `lanes` (the same on every run and build); lane 0 without a key.
-pub(crate) fn lane_of(form: &str, key: Option<&str>, lanes: usize) -> usize {
+pub fn lane_of(form: &str, key: Option<&str>, lanes: usize) -> usize {
     let Some(key) = key else {
         return 0;
     };
