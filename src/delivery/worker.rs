@@ -1,5 +1,8 @@
 //! One subscription's delivery loop.
 //!
+//! (With `ordering = "key"` the worker hands over to `super::lanes` after
+//! loading its state; both modes send through `super::request`.)
+//!
 //! The worker owns the subscription's cursor over the shared log and sends
 //! one request at a time, in commit order: one event, or with `batch` a
 //! batch of events (`super::batch` decides what fits). The next request

@@ -202,3 +202,54 @@ async fn a_restart_with_a_stuck_lane_loses_nothing() {
     );
     wh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gone_in_one_lane_disables_the_whole_subscription_at_the_watermark() {
+    let db = TestDb::new().await;
+    write_rows(&db).await;
+    let receiver = TestReceiver::start().await;
+    let gone = Arc::new(AtomicBool::new(true));
+    let flag = gone.clone();
+    receiver.set_rule(move |body| {
+        let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+        (flag.load(Ordering::SeqCst) && event["data"]["id"].as_i64() == Some(FAILING))
+            .then_some(Reply::Status(410))
+    });
+    let cfg = config(&db, &receiver);
+    let wh = InProcess::start(cfg.parse()).await;
+    db.execute(&format!(
+        "INSERT INTO t (id) SELECT generate_series(1, {ROWS})"
+    ))
+    .await;
+    let parsed = cfg.parse();
+    let status = eventually(WAIT, "the subscription to be disabled", || async {
+        let report = walhook::status::collect(&parsed).await.unwrap();
+        let sub = report.subscriptions.into_iter().next().unwrap();
+        (sub.state == "disabled").then_some(sub)
+    })
+    .await;
+    let reason = status.last_error.unwrap();
+    assert!(reason.contains("410"), "{reason}");
+    // The stored cursor stays below 42's event: it and everything after it
+    // that was not finished in order is still owed.
+    assert!(
+        status.backlog >= (ROWS - FAILING + 1) as u64,
+        "backlog {} keeps 42 and the events after it",
+        status.backlog
+    );
+    let sent = receiver.requests().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests().len(), sent, "all lanes stopped");
+    wh.stop().await.unwrap();
+
+    // Re-enabled by a restart: every row arrives (duplicates allowed).
+    gone.store(false, Ordering::SeqCst);
+    let wh = InProcess::start(cfg.parse()).await;
+    eventually(WAIT, "every row delivered after re-enabling", || {
+        let by_row = delivered(&receiver);
+        let done = (1..=ROWS).all(|r| by_row.contains_key(&r));
+        async move { done.then_some(()) }
+    })
+    .await;
+    wh.stop().await.unwrap();
+}
