@@ -574,6 +574,34 @@ pub struct SubscriptionConfig {
     pub rate_limit: Option<RateLimit>,
     /// Consecutive failed attempts after which the subscription is disabled; `None` = never.
     pub disable_after: Option<u32>,
+    /// Delivery order: strict commit order (default) or per row key in parallel lanes.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Parallel lanes with `ordering = "key"` (1..=256).
+    #[serde(default = "default_lanes")]
+    pub lanes: u32,
+}
+
+/// Lanes of `ordering = "key"` when `lanes` is not set: enough parallelism to
+/// hide one slow or failing key without opening many connections at once.
+pub const DEFAULT_LANES: u32 = 8;
+/// The most lanes a subscription may have (each lane holds a bounded queue in memory).
+pub const MAX_LANES: u32 = 256;
+
+fn default_lanes() -> u32 {
+    DEFAULT_LANES
+}
+
+/// `ordering = "..."`: which order deliveries of a subscription keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// One request at a time, in commit order.
+    #[default]
+    Commit,
+    /// Events of one row key (per form) in commit order; different keys in
+    /// parallel lanes, so a failing key blocks only its lane.
+    Key,
 }
 
 /// Where a new subscription starts reading the log.
@@ -652,6 +680,8 @@ impl fmt::Debug for SubscriptionConfig {
             .field("batch", &self.batch)
             .field("rate_limit", &self.rate_limit)
             .field("disable_after", &self.disable_after)
+            .field("ordering", &self.ordering)
+            .field("lanes", &self.lanes)
             .finish()
     }
 }

@@ -543,3 +543,29 @@ fn batch_and_limits_are_checked_naming_the_field() {
     let err = error(&with_sub("disable_after = 0"));
     assert!(err.contains("subscriptions[0].disable_after"), "{err}");
 }
+
+#[test]
+fn ordering_defaults_to_commit_and_key_takes_lanes() {
+    let c = parse(&with_sub("")).unwrap();
+    assert_eq!(c.subscriptions[0].ordering, Ordering::Commit);
+    assert_eq!(c.subscriptions[0].lanes, DEFAULT_LANES);
+    let c = parse(&with_sub("ordering = \"key\"\nlanes = 4")).unwrap();
+    assert_eq!(c.subscriptions[0].ordering, Ordering::Key);
+    assert_eq!(c.subscriptions[0].lanes, 4);
+    let c = parse(&with_sub("ordering = \"key\"")).unwrap();
+    assert_eq!(c.subscriptions[0].lanes, 8);
+}
+
+#[test]
+fn ordering_and_lanes_are_checked_naming_the_field() {
+    let err = error(&with_sub("ordering = \"key\"\nbatch = {}"));
+    assert!(err.contains("subscriptions[0].ordering"), "{err}");
+    assert!(err.contains("batch"), "{err}");
+    for lanes in ["0", "257"] {
+        let err = error(&with_sub(&format!("ordering = \"key\"\nlanes = {lanes}")));
+        assert!(err.contains("subscriptions[0].lanes"), "{err}");
+    }
+    let err = error(&with_sub("ordering = \"row\""));
+    assert!(err.contains("ordering"), "{err}");
+    assert!(parse(&with_sub("ordering = \"key\"\nlanes = 256")).is_ok());
+}

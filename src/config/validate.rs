@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 
-use super::{Config, ConfigError, Format, SourceConfig, SubscriptionConfig, TableConfig};
+use super::{
+    Config, ConfigError, Format, Ordering, SourceConfig, SubscriptionConfig, TableConfig, MAX_LANES,
+};
 use crate::delivery::template::Templates;
 
 type Result = std::result::Result<(), ConfigError>;
@@ -365,7 +367,7 @@ fn validate_format(sub: &SubscriptionConfig, field: &str) -> Result {
     Ok(())
 }
 
-/// `batch`, `disable_after` (`rate_limit` is fully checked when parsed).
+/// `batch`, `ordering`/`lanes`, `disable_after` (`rate_limit` is fully checked when parsed).
 fn validate_limits(sub: &SubscriptionConfig, field: &str) -> Result {
     if let Some(batch) = &sub.batch {
         if batch.max_events == 0 {
@@ -380,6 +382,18 @@ fn validate_limits(sub: &SubscriptionConfig, field: &str) -> Result {
                 "must be greater than 0; write a size like \"1MB\"",
             ));
         }
+    }
+    if sub.ordering == Ordering::Key && sub.batch.is_some() {
+        return Err(ConfigError::invalid(
+            format!("{field}.ordering"),
+            "\"key\" cannot be combined with batch yet; remove batch or use ordering = \"commit\"",
+        ));
+    }
+    if !(1..=MAX_LANES).contains(&sub.lanes) {
+        return Err(ConfigError::invalid(
+            format!("{field}.lanes"),
+            format!("must be between 1 and {MAX_LANES}"),
+        ));
     }
     if sub.disable_after == Some(0) {
         return Err(ConfigError::invalid(

@@ -13,11 +13,14 @@
 //! Per subscription, `batch` groups events into one request (`batch`),
 //! `rate_limit` spaces requests (`rate`), and `disable_after` disables the
 //! subscription after that many failed attempts in a row (`streak`).
+//! `ordering = "key"` delivers different row keys in parallel lanes (`lanes`);
+//! both modes send through one step (`request`).
 //!
 //! Guarantees (DESIGN.md 2–4): at-least-once with stable ids (an event is only
 //! marked delivered after a 2xx; a crash re-sends the unflushed tail with the
 //! same `webhook-id`); strict commit order per subscription (one request in
-//! flight: an event, or a batch delivered or retried as a unit); isolation
+//! flight: an event, or a batch delivered or retried as a unit), or with
+//! `ordering = "key"` commit order per row key; isolation
 //! (own cursor, retry state and dead letters per subscription; a global
 //! semaphore caps concurrent requests).
 //!
@@ -28,8 +31,10 @@
 mod auth;
 mod batch;
 mod http;
+mod lanes;
 mod rate;
 mod render;
+mod request;
 mod retry;
 mod sign;
 mod streak;
@@ -53,6 +58,7 @@ use crate::store::{Store, StoreError, StoredEvent};
 
 pub use auth::{AuthError, AuthSetupError};
 pub use http::{build_client, UnsendableError};
+pub use lanes::{lane_of, LANE_QUEUE};
 pub use render::{FilterError, RenderError};
 pub use sign::{signature_header, InvalidSecret, SigningKey};
 
@@ -74,6 +80,15 @@ pub enum DeliveryError {
     /// A blocking store call panicked or was cancelled.
     #[error("delivery for subscription '{subscription}': a store call did not complete")]
     StoreTask {
+        /// The subscription.
+        subscription: String,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A delivery lane (`ordering = "key"`) panicked or was cancelled.
+    #[error("delivery for subscription '{subscription}': a lane stopped unexpectedly")]
+    Lane {
         /// The subscription.
         subscription: String,
         /// The join error.

@@ -1,5 +1,8 @@
 //! One subscription's delivery loop.
 //!
+//! (With `ordering = "key"` the worker hands over to `super::lanes` after
+//! loading its state; both modes send through `super::request`.)
+//!
 //! The worker owns the subscription's cursor over the shared log and sends
 //! one request at a time, in commit order: one event, or with `batch` a
 //! batch of events (`super::batch` decides what fits). The next request
@@ -44,21 +47,18 @@ use serde::de::{value::Error as ValueError, IntoDeserializer};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use super::batch::{Batch, Limits};
-use super::http::{Attempt, UnsendableError};
-use super::rate::RateLimiter;
-use super::render::{Rendered, Renderer};
-use super::retry::{decide, Decision};
-use super::streak::FailureStreak;
+use super::render::Renderer;
+use super::request::{CursorMode, Done, RetryState, Sender};
 use super::{DeliveryError, Shared};
-use crate::config::{Op, SubscriptionConfig};
+use crate::config::{Op, Ordering, SubscriptionConfig};
 use crate::store::{Start, Store, StoreError, StoredEvent};
 
 /// Events read from the store per query: large enough to amortise the read,
 /// small enough to keep a page of large events bounded in memory.
-const PAGE_SIZE: usize = 256;
+pub(super) const PAGE_SIZE: usize = 256;
 
 /// Persist the cursor after this many unflushed delivered/skipped events: at
 /// most this many duplicates after a crash.
@@ -66,7 +66,7 @@ const FLUSH_EVERY_EVENTS: u64 = 64;
 
 /// Persist the cursor at least this often while events keep flowing, so the
 /// status API and a crash never lag far behind.
-const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Re-check the store this often even without an append signal (a missed or
 /// closed signal must not stall delivery).
@@ -80,30 +80,25 @@ enum Step {
 
 /// One subscription's worker; `run` consumes it.
 pub(crate) struct Worker {
-    sub: SubscriptionConfig,
-    endpoint: super::http::Endpoint,
-    renderer: Renderer,
-    shared: Shared,
-    appended: watch::Receiver<i64>,
+    pub(super) sub: SubscriptionConfig,
+    pub(super) shared: Shared,
+    pub(super) appended: watch::Receiver<i64>,
     appended_closed: bool,
     limits: Limits,
-    rate: Option<RateLimiter>,
-    streak: FailureStreak,
+    sender: Sender,
     /// Events read from the store and not yet taken, in seq order.
-    buffer: VecDeque<StoredEvent>,
+    pub(super) buffer: VecDeque<StoredEvent>,
     /// The highest seq read from the store.
-    read_pos: i64,
+    pub(super) read_pos: i64,
     /// Last event delivered, dead-lettered or skipped.
-    cursor: i64,
+    pub(super) cursor: i64,
     /// Cursor as last written to the store.
-    persisted: i64,
+    pub(super) persisted: i64,
     unflushed_delivered: u64,
     unflushed_events: u64,
     dirty_since: Option<Instant>,
-    /// Failed attempts of the next wanted event (or batch).
-    attempts: u32,
-    /// Backoff to wait before the next attempt.
-    pending_wait: Option<Duration>,
+    /// Failed attempts of the next wanted event (or batch), and its backoff.
+    retry: RetryState,
 }
 
 impl Worker {
@@ -116,11 +111,8 @@ impl Worker {
         let appended = shared.appended.clone();
         Worker {
             limits: Limits::of(&sub),
-            rate: sub.rate_limit.map(RateLimiter::new),
-            streak: FailureStreak::new(sub.disable_after),
+            sender: Sender::new(sub.clone(), endpoint, renderer, shared.clone()),
             sub,
-            endpoint,
-            renderer,
             shared,
             appended,
             appended_closed: false,
@@ -131,8 +123,7 @@ impl Worker {
             unflushed_delivered: 0,
             unflushed_events: 0,
             dirty_since: None,
-            attempts: 0,
-            pending_wait: None,
+            retry: RetryState::default(),
         }
     }
 
@@ -150,12 +141,21 @@ impl Worker {
         self.cursor = state.cursor;
         self.persisted = state.cursor;
         self.read_pos = state.cursor;
-        self.attempts = state.attempts;
+        if self.sub.ordering == Ordering::Key {
+            // Lanes keep their retry state in memory only (see `super::lanes`).
+            info!(subscription = %self.sub.name, cursor = self.cursor, lanes = self.sub.lanes, "delivery worker started (ordering = \"key\")");
+            let sender = self.sender.clone();
+            let result = super::lanes::run(&mut self, sender).await;
+            let flushed = self.flush().await;
+            info!(subscription = %self.sub.name, cursor = self.persisted, "delivery worker stopped");
+            return result.and(flushed);
+        }
+        self.retry.attempts = state.attempts;
         let now_ms = unix_ms(self.shared.clock.now());
-        self.pending_wait = state
+        self.retry.pending_wait = state
             .next_attempt_at_ms
             .map(|at| Duration::from_millis(u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0)));
-        info!(subscription = %self.sub.name, cursor = self.cursor, attempts = self.attempts, "delivery worker started");
+        info!(subscription = %self.sub.name, cursor = self.cursor, attempts = self.retry.attempts, "delivery worker started");
         let result = self.deliver_loop().await;
         // Flush even after an error in the loop; the loop's error wins.
         let flushed = self.flush().await;
@@ -193,7 +193,7 @@ impl Worker {
                 }
                 // A body that cannot be rendered is dead-lettered on its own,
                 // never with the healthy events around it.
-                let body_len = match self.renderer.render_event(&event) {
+                let body_len = match self.sender.renderer.render_event(&event) {
                     Ok(body) => body.len(),
                     Err(_) if batch.is_empty() => {
                         let _ = batch.push(event, 0, Instant::now());
@@ -245,7 +245,7 @@ impl Worker {
         }
     }
 
-    fn wants(&self, event: &StoredEvent) -> bool {
+    pub(super) fn wants(&self, event: &StoredEvent) -> bool {
         let parsed: Result<Op, ValueError> = Op::deserialize(event.op.as_str().into_deserializer());
         let wanted = match parsed {
             Ok(op) => self.sub.wants(op, &event.form),
@@ -257,7 +257,7 @@ impl Worker {
         // A filter that fails on one event skips that event; the error names
         // the problem but never a row value.
         wanted
-            && self.renderer.matches(event).unwrap_or_else(|err| {
+            && self.sender.renderer.matches(event).unwrap_or_else(|err| {
                 warn!(subscription = %self.sub.name, event_id = %event.id, error = %err, "filter failed on this event; counting it as not matching");
                 false
             })
@@ -267,140 +267,47 @@ impl Worker {
     async fn deliver(&mut self, batch: Batch) -> Result<Step, DeliveryError> {
         let through = batch.through();
         let events = batch.into_events();
-        let Some(first) = events.first() else {
+        let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(Step::Next);
         };
-        let id = first.id.clone();
         let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
-        // A render failure is permanent: the policy dead-letters it at once.
-        let (rendered, mut unsendable) = match self.renderer.render(&events) {
-            Ok(rendered) => (rendered, None),
-            Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
-        };
-        loop {
-            if let Some(wait) = self.pending_wait.take() {
-                if !self.sleep_unless_cancelled(wait).await {
-                    return Ok(Step::Stop);
+        let sender = self.sender.clone();
+        let mut retry = self.retry;
+        let done = sender
+            .deliver(&mut retry, &events, CursorMode::Commit(self))
+            .await;
+        self.retry = retry;
+        match done? {
+            Done::Delivered => {
+                self.moved_past(through, count);
+                Ok(Step::Next)
+            }
+            Done::DeadLettered { disable } => {
+                // The store moved the cursor past the dead letters.
+                self.persisted = self.persisted.max(last);
+                self.cursor = self.cursor.max(last);
+                if through > last {
+                    // Unwanted events after the batch: skipped.
+                    self.moved_past(through, 0);
+                }
+                match disable {
+                    Some(why) => {
+                        self.disable(why).await?;
+                        Ok(Step::Stop)
+                    }
+                    None => Ok(Step::Next),
                 }
             }
-            let attempt = match unsendable.take() {
-                Some(err) => Attempt::Unsendable(err),
-                None => match self.send(&id, &rendered).await {
-                    Some(attempt) => attempt,
-                    None => return Ok(Step::Stop),
-                },
-            };
-            let number = self.attempts.saturating_add(1);
-            let now = self.shared.clock.now();
-            let decision = decide(
-                attempt.outcome(),
-                number,
-                &self.sub.retry,
-                now,
-                &mut rand::rng(),
-            );
-            let reason = attempt.describe(self.endpoint.timeout());
-            match decision {
-                Decision::Delivered => {
-                    debug!(subscription = %self.sub.name, event_id = %id, events = count, attempt = number, "delivered");
-                    self.attempts = 0;
-                    self.streak.succeeded();
-                    self.moved_past(through, count);
-                    return Ok(Step::Next);
-                }
-                Decision::Retry(delay) => {
-                    warn!(
-                        subscription = %self.sub.name, event_id = %id, events = count, attempt = number,
-                        status = attempt.status(), error = %reason,
-                        retry_in = %humantime::format_duration(round_ms(delay)),
-                        "delivery attempt failed; will retry"
-                    );
-                    self.flush().await?;
-                    let next_at = unix_ms(now)
-                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-                    let recorded = reason.clone();
-                    self.store_call("record a failed attempt", move |s, name| {
-                        s.record_failure(name, number, next_at, &recorded)
-                    })
-                    .await?;
-                    self.attempts = number;
-                    self.pending_wait = Some(delay);
-                    if self.streak.failed() {
-                        return self.disable_after_streak(&reason).await;
-                    }
-                }
-                Decision::DeadLetter => {
-                    warn!(
-                        subscription = %self.sub.name, event_id = %id, events = count, attempt = number,
-                        status = attempt.status(), error = %reason,
-                        "delivery attempt failed; moved to dead letters"
-                    );
-                    self.flush().await?;
-                    let status = attempt.status();
-                    let excerpt = attempt.excerpt().map(str::to_owned);
-                    let recorded = reason.clone();
-                    let last = events.last().map_or(0, |e| e.seq);
-                    // One dead letter per event, each with the batch's reason.
-                    self.store_call("store a dead letter", move |s, name| {
-                        for event in &events {
-                            s.dead_letter(
-                                name,
-                                event,
-                                number,
-                                status,
-                                &recorded,
-                                excerpt.as_deref(),
-                            )?;
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                    self.attempts = 0;
-                    self.persisted = self.persisted.max(last);
-                    self.cursor = self.cursor.max(last);
-                    if through > last {
-                        // Unwanted events after the batch: skipped.
-                        self.moved_past(through, 0);
-                    }
-                    if self.streak.failed() {
-                        return self.disable_after_streak(&reason).await;
-                    }
-                    return Ok(Step::Next);
-                }
-                Decision::Disable => {
-                    let why = format!(
-                        "endpoint answered {reason} to event {id}; fix the subscription's url, \
-                         then reload walhook (SIGHUP) or restart it to re-enable the subscription"
-                    );
-                    error!(
-                        subscription = %self.sub.name, event_id = %id, attempt = number,
-                        status = attempt.status(), "endpoint is gone; subscription disabled"
-                    );
-                    self.disable(why).await?;
-                    return Ok(Step::Stop);
-                }
+            Done::Disable(why) => {
+                self.disable(why).await?;
+                Ok(Step::Stop)
             }
+            Done::Stopped => Ok(Step::Stop),
         }
     }
 
-    /// `disable_after` consecutive failed attempts: disable and stop.
-    async fn disable_after_streak(&mut self, last_error: &str) -> Result<Step, DeliveryError> {
-        let failures = self.streak.count();
-        let why = format!(
-            "disabled after {failures} consecutive failed attempts (last: {last_error}); fix the \
-             endpoint, then reload walhook (SIGHUP) or restart it to re-enable the subscription"
-        );
-        error!(
-            subscription = %self.sub.name, failures, last_error = %last_error,
-            "subscription disabled after {failures} consecutive failed attempts (disable_after); \
-             its events are kept; reload (SIGHUP) or restart walhook to re-enable it"
-        );
-        self.disable(why).await?;
-        Ok(Step::Stop)
-    }
-
     /// Flushes the cursor and marks the subscription disabled in the store.
-    async fn disable(&mut self, why: String) -> Result<(), DeliveryError> {
+    pub(crate) async fn disable(&mut self, why: String) -> Result<(), DeliveryError> {
         self.flush().await?;
         self.store_call("disable the subscription", move |s, name| {
             s.set_disabled(name, Some(&why))
@@ -408,48 +315,9 @@ impl Worker {
         .await
     }
 
-    /// One HTTP attempt under the rate limit and the global limit; None when
-    /// shutdown stopped it.
-    async fn send(&mut self, id: &str, rendered: &Rendered) -> Option<Attempt> {
-        if let Some(rate) = self.rate.as_mut() {
-            let wait = rate.reserve(Instant::now());
-            if !wait.is_zero() && !self.sleep_unless_cancelled(wait).await {
-                return None;
-            }
-        }
-        let shutdown = &self.shared.shutdown;
-        let permit = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return None,
-            permit = self.shared.limiter.clone().acquire_owned() => permit.ok()?,
-        };
-        let timestamp = unix_secs(self.shared.clock.now());
-        let request = self.endpoint.send(
-            &self.shared.client,
-            id,
-            timestamp,
-            rendered.body.clone(),
-            &rendered.headers,
-        );
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.shared.grace).await;
-        };
-        let attempt = tokio::select! {
-            biased;
-            attempt = request => attempt,
-            () = grace => {
-                warn!(subscription = %self.sub.name, event_id = %id, "shutdown grace period over; abandoning the in-flight request, it will be re-sent after restart");
-                return None;
-            }
-        };
-        drop(permit);
-        Some(attempt)
-    }
-
     /// Waits for an append signal, the poll interval or `deadline`
     /// (whichever comes first); false on shutdown.
-    async fn wait_for_events(&mut self, deadline: Option<Instant>) -> bool {
+    pub(super) async fn wait_for_events(&mut self, deadline: Option<Instant>) -> bool {
         let poll = Instant::now() + STORE_POLL_INTERVAL;
         let until = deadline.map_or(poll, |d| d.min(poll));
         tokio::select! {
@@ -466,24 +334,15 @@ impl Worker {
         }
     }
 
-    /// Sleeps for `wait`; false if shutdown came first.
-    async fn sleep_unless_cancelled(&self, wait: Duration) -> bool {
-        tokio::select! {
-            biased;
-            () = self.shared.shutdown.cancelled() => false,
-            () = tokio::time::sleep(wait) => true,
-        }
-    }
-
     /// Moves the in-memory cursor; the store sees it at the next flush.
-    fn moved_past(&mut self, seq: i64, delivered: u64) {
+    pub(super) fn moved_past(&mut self, seq: i64, delivered: u64) {
         self.cursor = self.cursor.max(seq);
         self.unflushed_delivered += delivered;
         self.unflushed_events += delivered.max(1);
         self.dirty_since.get_or_insert_with(Instant::now);
     }
 
-    async fn maybe_flush(&mut self) -> Result<(), DeliveryError> {
+    pub(super) async fn maybe_flush(&mut self) -> Result<(), DeliveryError> {
         let due = self.unflushed_events >= FLUSH_EVERY_EVENTS
             || self
                 .dirty_since
@@ -495,7 +354,7 @@ impl Worker {
     }
 
     /// Writes the coalesced cursor advance, if any.
-    async fn flush(&mut self) -> Result<(), DeliveryError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), DeliveryError> {
         if self.cursor <= self.persisted && self.unflushed_delivered == 0 {
             self.unflushed_events = 0;
             self.dirty_since = None;
@@ -514,30 +373,17 @@ impl Worker {
     }
 
     /// Runs a blocking store call off the async threads.
-    async fn store_call<T, F>(&self, action: &'static str, call: F) -> Result<T, DeliveryError>
+    pub(super) async fn store_call<T, F>(
+        &self,
+        action: &'static str,
+        call: F,
+    ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
         F: FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.shared.store.clone();
-        let name = self.sub.name.clone();
-        match tokio::task::spawn_blocking(move || call(&store, &name)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(DeliveryError::Store {
-                subscription: self.sub.name.clone(),
-                action,
-                source: Box::new(source),
-            }),
-            Err(source) => Err(DeliveryError::StoreTask {
-                subscription: self.sub.name.clone(),
-                source,
-            }),
-        }
+        self.sender.store_call(action, call).await
     }
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds since the Unix epoch (0 for a clock before 1970).

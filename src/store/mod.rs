@@ -621,6 +621,52 @@ impl Store {
         reason: &str,
         body_excerpt: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.dead_letter_at(
+            name,
+            event,
+            attempts,
+            status,
+            reason,
+            body_excerpt,
+            event.seq,
+        )
+    }
+
+    /// Like [`Store::dead_letter`], but leaves the cursor where it is: for
+    /// `ordering = "key"` lanes, which finish events out of seq order and move
+    /// the cursor only to their low watermark (with [`Store::advance`]).
+    pub fn dead_letter_keep_cursor(
+        &self,
+        name: &str,
+        event: &StoredEvent,
+        attempts: u32,
+        status: Option<u16>,
+        reason: &str,
+        body_excerpt: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.dead_letter_at(
+            name,
+            event,
+            attempts,
+            status,
+            reason,
+            body_excerpt,
+            i64::MIN,
+        )
+    }
+
+    /// Dead-letters `event` and moves the cursor to at least `cursor_to`.
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter_at(
+        &self,
+        name: &str,
+        event: &StoredEvent,
+        attempts: u32,
+        status: Option<u16>,
+        reason: &str,
+        body_excerpt: Option<&str>,
+        cursor_to: i64,
+    ) -> Result<(), StoreError> {
         let err = self.err("dead-letter event");
         let now = now_ms();
         let mut conn = lock(&self.inner.state);
@@ -634,7 +680,7 @@ impl Store {
                      dead_lettered = dead_lettered + 1, updated_at_ms = ?4
                  WHERE name = ?1",
             )
-            .and_then(|mut stmt| stmt.execute(params![name, event.seq, reason, now]))
+            .and_then(|mut stmt| stmt.execute(params![name, cursor_to, reason, now]))
             .map_err(&err)?;
         expect_row(changed, name)?;
         tx.prepare_cached(

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod formats;
 mod harness;
+mod lanes;
 mod pipeline;
 mod reload;
 mod runner;

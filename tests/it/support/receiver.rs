@@ -95,9 +95,12 @@ impl Request {
     }
 }
 
-#[derive(Debug)]
+/// A per-request answer chosen from the body; `None` falls through to the script.
+pub type Rule = Arc<dyn Fn(&[u8]) -> Option<Reply> + Send + Sync>;
+
 struct Shared {
     requests: Mutex<Vec<Request>>,
+    rule: Mutex<Option<Rule>>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     arrived: Notify,
@@ -119,6 +122,7 @@ impl TestReceiver {
         let addr = listener.local_addr().expect("receiver local address");
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
+            rule: Mutex::new(None),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::Status(200)),
             arrived: Notify::new(),
@@ -149,6 +153,12 @@ impl TestReceiver {
     /// Replaces the script: these replies are used in order, then the default.
     pub fn set_script(&self, replies: Vec<Reply>) {
         *lock(&self.shared.script) = replies.into();
+    }
+
+    /// Answers requests for which `rule` returns a reply with that reply, before the
+    /// script and the default (e.g. fail every request for one row key).
+    pub fn set_rule(&self, rule: impl Fn(&[u8]) -> Option<Reply> + Send + Sync + 'static) {
+        *lock(&self.shared.rule) = Some(Arc::new(rule));
     }
 
     /// Sets the reply used once the script is exhausted.
@@ -225,7 +235,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: axum::extract::Reque
         // The client went away mid-body: nothing to record or answer.
         return status_response(400, &[]);
     };
-    let reply = {
+    let rule = lock(&shared.rule).clone();
+    let reply = if let Some(reply) = rule.and_then(|rule| rule(&body)) {
+        reply
+    } else {
         let next = lock(&shared.script).pop_front();
         next.unwrap_or_else(|| lock(&shared.default).clone())
     };

@@ -1,0 +1,312 @@
+//! The one "deliver this request until it is delivered or dead-lettered"
+//! step, shared by the commit-order worker (`super::worker`) and the lanes
+//! of `ordering = "key"` (`super::lanes`).
+//!
+//! A [`Sender`] holds what every request of a subscription shares: the
+//! endpoint, the renderer, the rate limiter and the `disable_after` streak
+//! (both behind a mutex, so with lanes they apply across all lanes of the
+//! subscription) and the global semaphore (in `Shared`). The retry state of
+//! the request being delivered ([`RetryState`]) belongs to the caller: the
+//! commit worker has one, each lane has its own.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use super::http::{Attempt, Endpoint, UnsendableError};
+use super::rate::RateLimiter;
+use super::render::{Rendered, Renderer};
+use super::retry::{decide, Decision};
+use super::streak::FailureStreak;
+use super::worker::{unix_ms, unix_secs, Worker};
+use super::{DeliveryError, Shared};
+use crate::config::SubscriptionConfig;
+use crate::store::{Store, StoreError, StoredEvent};
+
+/// Failed attempts of the request being delivered, and the backoff before its next attempt.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RetryState {
+    pub(crate) attempts: u32,
+    pub(crate) pending_wait: Option<Duration>,
+}
+
+/// How a request ended.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// A 2xx.
+    Delivered,
+    /// Every event became a dead letter; `disable` is set when this failure
+    /// completed a `disable_after` streak.
+    DeadLettered { disable: Option<String> },
+    /// The subscription must be disabled with this reason (410 Gone, or a
+    /// `disable_after` streak reached on a retry). Nothing was written yet.
+    Disable(String),
+    /// Shutdown came first; the request is not finished.
+    Stopped,
+}
+
+/// Where the cursor goes when a request is dead-lettered.
+pub(crate) enum CursorMode<'a> {
+    /// Commit order: pending advances are flushed before a failure or dead
+    /// letter is written (`Store::advance` resets the attempt counter), and
+    /// a dead letter moves the cursor past its event.
+    Commit(&'a mut Worker),
+    /// A lane: the cursor is the dispatcher's low watermark; dead letters
+    /// leave it alone.
+    Lane,
+}
+
+/// What every request of one subscription shares (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct Sender {
+    pub(crate) sub: Arc<SubscriptionConfig>,
+    endpoint: Arc<Endpoint>,
+    pub(crate) renderer: Arc<Renderer>,
+    pub(crate) shared: Shared,
+    rate: Option<Arc<Mutex<RateLimiter>>>,
+    streak: Arc<Mutex<FailureStreak>>,
+}
+
+impl Sender {
+    pub(crate) fn new(
+        sub: SubscriptionConfig,
+        endpoint: Endpoint,
+        renderer: Renderer,
+        shared: Shared,
+    ) -> Sender {
+        Sender {
+            rate: sub
+                .rate_limit
+                .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit)))),
+            streak: Arc::new(Mutex::new(FailureStreak::new(sub.disable_after))),
+            sub: Arc::new(sub),
+            endpoint: Arc::new(endpoint),
+            renderer: Arc::new(renderer),
+            shared,
+        }
+    }
+
+    /// Sends `events` as one request until it is delivered, dead-lettered,
+    /// the subscription must be disabled, or shutdown stops it.
+    pub(crate) async fn deliver(
+        &self,
+        retry: &mut RetryState,
+        events: &[StoredEvent],
+        mut mode: CursorMode<'_>,
+    ) -> Result<Done, DeliveryError> {
+        let Some(first) = events.first() else {
+            return Ok(Done::Delivered);
+        };
+        let id = first.id.clone();
+        let count = events.len();
+        // A render failure is permanent: the policy dead-letters it at once.
+        let (rendered, mut unsendable) = match self.renderer.render(events) {
+            Ok(rendered) => (rendered, None),
+            Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
+        };
+        loop {
+            if let Some(wait) = retry.pending_wait.take() {
+                if !self.sleep_unless_cancelled(wait).await {
+                    return Ok(Done::Stopped);
+                }
+            }
+            let attempt = match unsendable.take() {
+                Some(err) => Attempt::Unsendable(err),
+                None => match self.send(&id, &rendered).await {
+                    Some(attempt) => attempt,
+                    None => return Ok(Done::Stopped),
+                },
+            };
+            let number = retry.attempts.saturating_add(1);
+            let now = self.shared.clock.now();
+            let decision = decide(
+                attempt.outcome(),
+                number,
+                &self.sub.retry,
+                now,
+                &mut rand::rng(),
+            );
+            let reason = attempt.describe(self.endpoint.timeout());
+            match decision {
+                Decision::Delivered => {
+                    debug!(subscription = %self.sub.name, event_id = %id, events = count, attempt = number, "delivered");
+                    *retry = RetryState::default();
+                    lock(&self.streak).succeeded();
+                    return Ok(Done::Delivered);
+                }
+                Decision::Retry(delay) => {
+                    warn!(
+                        subscription = %self.sub.name, event_id = %id, events = count, attempt = number,
+                        status = attempt.status(), error = %reason,
+                        retry_in = %humantime::format_duration(round_ms(delay)),
+                        "delivery attempt failed; will retry"
+                    );
+                    if let CursorMode::Commit(worker) = &mut mode {
+                        worker.flush().await?;
+                    }
+                    let next_at = unix_ms(now)
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    let recorded = reason.clone();
+                    self.store_call("record a failed attempt", move |s, name| {
+                        s.record_failure(name, number, next_at, &recorded)
+                    })
+                    .await?;
+                    retry.attempts = number;
+                    retry.pending_wait = Some(delay);
+                    if lock(&self.streak).failed() {
+                        return Ok(Done::Disable(self.streak_reason(&reason)));
+                    }
+                }
+                Decision::DeadLetter => {
+                    warn!(
+                        subscription = %self.sub.name, event_id = %id, events = count, attempt = number,
+                        status = attempt.status(), error = %reason,
+                        "delivery attempt failed; moved to dead letters"
+                    );
+                    let move_cursor = match &mut mode {
+                        CursorMode::Commit(worker) => {
+                            worker.flush().await?;
+                            true
+                        }
+                        CursorMode::Lane => false,
+                    };
+                    let status = attempt.status();
+                    let excerpt = attempt.excerpt().map(str::to_owned);
+                    let recorded = reason.clone();
+                    let events = events.to_vec();
+                    // One dead letter per event, each with the batch's reason.
+                    self.store_call("store a dead letter", move |s, name| {
+                        for event in &events {
+                            let excerpt = excerpt.as_deref();
+                            if move_cursor {
+                                s.dead_letter(name, event, number, status, &recorded, excerpt)?;
+                            } else {
+                                s.dead_letter_keep_cursor(
+                                    name, event, number, status, &recorded, excerpt,
+                                )?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    *retry = RetryState::default();
+                    let disable = lock(&self.streak)
+                        .failed()
+                        .then(|| self.streak_reason(&reason));
+                    return Ok(Done::DeadLettered { disable });
+                }
+                Decision::Disable => {
+                    error!(
+                        subscription = %self.sub.name, event_id = %id, attempt = number,
+                        status = attempt.status(), "endpoint is gone; subscription disabled"
+                    );
+                    return Ok(Done::Disable(format!(
+                        "endpoint answered {reason} to event {id}; fix the subscription's url, \
+                         then reload walhook (SIGHUP) or restart it to re-enable the subscription"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The disable reason for a `disable_after` streak, logged once.
+    fn streak_reason(&self, last_error: &str) -> String {
+        let failures = lock(&self.streak).count();
+        error!(
+            subscription = %self.sub.name, failures, last_error = %last_error,
+            "subscription disabled after {failures} consecutive failed attempts (disable_after); \
+             its events are kept; reload (SIGHUP) or restart walhook to re-enable it"
+        );
+        format!(
+            "disabled after {failures} consecutive failed attempts (last: {last_error}); fix the \
+             endpoint, then reload walhook (SIGHUP) or restart it to re-enable the subscription"
+        )
+    }
+
+    /// One HTTP attempt under the rate limit and the global limit; None when
+    /// shutdown stopped it.
+    async fn send(&self, id: &str, rendered: &Rendered) -> Option<Attempt> {
+        if let Some(rate) = &self.rate {
+            let wait = lock(rate).reserve(Instant::now());
+            if !wait.is_zero() && !self.sleep_unless_cancelled(wait).await {
+                return None;
+            }
+        }
+        let shutdown = &self.shared.shutdown;
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return None,
+            permit = self.shared.limiter.clone().acquire_owned() => permit.ok()?,
+        };
+        let timestamp = unix_secs(self.shared.clock.now());
+        let request = self.endpoint.send(
+            &self.shared.client,
+            id,
+            timestamp,
+            rendered.body.clone(),
+            &rendered.headers,
+        );
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.shared.grace).await;
+        };
+        let attempt = tokio::select! {
+            biased;
+            attempt = request => attempt,
+            () = grace => {
+                warn!(subscription = %self.sub.name, event_id = %id, "shutdown grace period over; abandoning the in-flight request, it will be re-sent after restart");
+                return None;
+            }
+        };
+        drop(permit);
+        Some(attempt)
+    }
+
+    /// Sleeps for `wait`; false if shutdown came first.
+    pub(crate) async fn sleep_unless_cancelled(&self, wait: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = self.shared.shutdown.cancelled() => false,
+            () = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// Runs a blocking store call off the async threads.
+    pub(crate) async fn store_call<T, F>(
+        &self,
+        action: &'static str,
+        call: F,
+    ) -> Result<T, DeliveryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.shared.store.clone();
+        let name = self.sub.name.clone();
+        match tokio::task::spawn_blocking(move || call(&store, &name)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(DeliveryError::Store {
+                subscription: self.sub.name.clone(),
+                action,
+                source: Box::new(source),
+            }),
+            Err(source) => Err(DeliveryError::StoreTask {
+                subscription: self.sub.name.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Locks ignoring poisoning (the guarded values stay consistent on panic).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
