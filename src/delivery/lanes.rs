@@ -254,7 +254,9 @@ impl Dispatcher<'_> {
             let after = self.worker.read_pos;
             let page = self
                 .worker
-                .store_call("read events", move |s, _| s.read_after(after, PAGE_SIZE))
+                .store_call("read events", move |s, name| {
+                    s.read_for(name, after, PAGE_SIZE)
+                })
                 .await?;
             if let Some(last) = page.last() {
                 self.worker.read_pos = last.seq;
