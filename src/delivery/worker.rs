@@ -191,6 +191,12 @@ impl Worker {
                     }
                     continue;
                 }
+                // Without `batch` every request is one event and its size
+                // does not matter: don't render it twice.
+                if self.sub.batch.is_none() {
+                    let _ = batch.push(event, 0, Instant::now());
+                    return Ok(Some(batch));
+                }
                 // A body that cannot be rendered is dead-lettered on its own,
                 // never with the healthy events around it.
                 let body_len = match self.sender.renderer.render_event(&event) {
