@@ -215,7 +215,6 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         let s = store.clone();
         blocking(move || s.form_schemas()).await?
     };
-    mapper.reset_schemas(schemas.iter().map(|(f, j)| (f.as_str(), j.as_str())));
     // With REPLICA IDENTITY FULL, Postgres flags every column as a key; the
     // catalog's primary key is the real one.
     for table in &resolved {
@@ -464,13 +463,12 @@ async fn supervise(
 
 /// Whether `new` changes anything outside `[[subscriptions]]` that matters.
 fn needs_restart(old: &Config, new: &Config) -> bool {
-    let tables =
-        |c: &Config| -> Vec<String> { c.tables.iter().map(|t| format!("{t:?}")).collect() };
     old.source.url.expose() != new.source.url.expose()
         || old.source.slot != new.source.slot
         || old.source.publication != new.source.publication
         || old.store.path != new.store.path
-        || tables(old) != tables(new)
+        || old.delivery != new.delivery
+        || old.tables != new.tables
 }
 
 /// Connects for SQL, retrying transient failures with backoff; `None` when

@@ -448,7 +448,7 @@ impl Default for AdminConfig {
 }
 
 /// `[delivery]`: limits shared by all subscriptions.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Global cap on in-flight HTTP requests.
@@ -467,7 +467,7 @@ impl Default for DeliveryConfig {
 }
 
 /// `[[tables]]`: one replicated table and how its rows become form events.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// `"schema.table"` or `"table"` (schema `public`), kept as written.

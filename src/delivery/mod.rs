@@ -58,7 +58,7 @@ use crate::store::{Store, StoreError, StoredEvent};
 
 pub use auth::{AuthError, AuthSetupError};
 pub use http::{build_client, UnsendableError};
-pub use lanes::{lane_of, LANE_QUEUE};
+pub use lanes::lane_of;
 pub use render::{FilterError, RenderError};
 pub use sign::{signature_header, InvalidSecret, SigningKey};
 
