@@ -30,6 +30,9 @@
 
 mod auth;
 mod batch;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod lanes;
 mod rate;

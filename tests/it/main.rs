@@ -16,3 +16,4 @@ mod reload;
 mod runner;
 mod support;
 mod tls;
+mod values;

@@ -119,6 +119,11 @@ impl InProcess {
         InProcess { token, handle }
     }
 
+    /// Whether walhook has stopped by itself (an error ended its run).
+    pub fn finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     /// Stops walhook cleanly and returns its result.
     pub async fn stop(self) -> Result<(), Error> {
         self.token.cancel();
