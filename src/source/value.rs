@@ -1125,6 +1125,10 @@ mod tests {
         assert!(err.to_string().starts_with("jsonb value is not valid JSON"));
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(to_json(oid::JSONB, &deep, NUM).is_err());
+        // The documented limit (docs/events.md): 127 levels embed, 128 do not.
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert!(to_json(oid::JSONB, &nested(127), NUM).is_ok());
+        assert!(to_json(oid::JSONB, &nested(128), NUM).is_err());
     }
 
     #[test]
