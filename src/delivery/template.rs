@@ -85,7 +85,8 @@ impl Templates {
     pub(crate) fn compile(sub: &SubscriptionConfig) -> Result<Self, CompileError> {
         let mut env = environment();
         if let Some(filter) = &sub.filter {
-            env.compile_expression(filter)
+            check_expression(filter)
+                .and_then(|()| env.compile_expression(filter).map(drop))
                 .map_err(|source| CompileError {
                     field: "filter".to_owned(),
                     source,
@@ -164,6 +165,45 @@ impl Templates {
     pub(crate) fn has_headers(&self) -> bool {
         !self.headers.is_empty()
     }
+}
+
+/// Rejects an expression that ends minijinja's variable block (`}}` outside
+/// brackets and string literals), as `{{ data.x }}` pasted into `filter`
+/// would: minijinja 2 panics ("empty lexer stack") when such an expression
+/// goes on after the `}}` (fixed in minijinja 3). The scan mirrors its lexer:
+/// `}}` ends the block only at bracket depth 0.
+fn check_expression(expr: &str) -> Result<(), minijinja::Error> {
+    let b = expr.as_bytes();
+    let mut depth: i64 = 0;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\'' | b'"' => {
+                // Skip the string literal, escapes included.
+                i += 1;
+                while let Some(&d) = b.get(i) {
+                    if d == c {
+                        break;
+                    }
+                    i += if d == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => {
+                if c == b'}' && depth == 0 && b.get(i + 1) == Some(&b'}') {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::SyntaxError,
+                        "`}}` ends a Jinja variable block; a filter is a bare expression: \
+                         write data.total > 100, not {{ data.total > 100 }}",
+                    ));
+                }
+                depth -= 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// The template context of one event: its JSON as [`to_value`] converts it.
@@ -289,6 +329,28 @@ mod tests {
         })))
         .unwrap_err();
         assert_eq!(err.field, "headers.Idempotency-Key");
+    }
+
+    /// Fuzz crash (template target): minijinja 2 panicked with "empty lexer
+    /// stack" on a filter that closes the variable block and goes on.
+    #[test]
+    fn filter_closing_the_variable_block_is_an_error_not_a_panic() {
+        for bad in [
+            "}}tA.total|float > fl3",
+            "data.x }} y",
+            "}}",
+            "(1) }} x",
+            "data.x -}} 1",
+        ] {
+            let err =
+                Templates::compile(&sub(serde_json::json!({ "filter": bad }))).expect_err(bad);
+            assert_eq!(err.field, "filter", "{bad}");
+            assert!(err.to_string().contains("bare expression"), "{bad}: {err}");
+        }
+        // `}}` inside brackets or strings does not end the block.
+        assert!(filter("{'a': {'b': 1}}.a.b == 1").unwrap());
+        assert!(!filter("data.name == '}}' or data.name == \"x}}\\\"}}\"").unwrap());
+        assert!(filter("[[1]][0][0] == 1").unwrap());
     }
 
     #[test]

@@ -414,10 +414,14 @@ fn number(type_oid: u32, text: &str, allow_special: bool) -> Result<Value, Value
     if !is_json_number(text) {
         return Err(ValueError::Number { type_oid });
     }
-    // With arbitrary_precision the Number keeps `text` verbatim.
-    text.parse::<Number>()
-        .map(Value::Number)
-        .map_err(|_| ValueError::Number { type_oid })
+    // With arbitrary_precision the Number keeps `text` verbatim, except that
+    // serde_json writes an exponent with its sign (`1e308` → `1e+308`). Postgres
+    // always prints the sign; any other spelling is rejected rather than sent
+    // with different characters.
+    match text.parse::<Number>() {
+        Ok(n) if n.to_string() == text => Ok(Value::Number(n)),
+        _ => Err(ValueError::Number { type_oid }),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1054,6 +1058,23 @@ mod tests {
             assert!(to_json(oid::INT4, text, NUM).is_err());
             assert!(to_json(oid::INT8, text, NUM).is_err());
         }
+    }
+
+    /// Fuzz crash (value target): `1e308` became `1e+308`. Postgres always
+    /// signs the exponent, so the digits sent are always the digits printed.
+    #[test]
+    fn numbers_serde_json_would_respell_are_rejected() {
+        for text in ["1e308", "1E+308", "1.5E-5", "5e0"] {
+            assert!(
+                matches!(
+                    to_json(oid::FLOAT8, text, NUM),
+                    Err(ValueError::Number { .. })
+                ),
+                "{text}"
+            );
+        }
+        assert_eq!(out(oid::FLOAT8, "1e+308"), "1e+308");
+        assert_eq!(out(oid::FLOAT4, "1e-45"), "1e-45");
     }
 
     #[test]
