@@ -179,7 +179,7 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
                     config.display()
                 )));
             };
-            let client = walhook::delivery::build_client()?;
+            let client = walhook::delivery::build_client(&cfg.delivery)?;
             let started = std::time::Instant::now();
             let status = walhook::delivery::send_test(sub, &client).await?;
             let ms = started.elapsed().as_millis();

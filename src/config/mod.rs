@@ -18,6 +18,7 @@ mod auth;
 mod duration;
 mod interpolate;
 mod limits;
+mod network;
 mod position;
 mod secret;
 mod syntax;
@@ -43,6 +44,7 @@ pub use limits::{
     BatchConfig, ByteSize, RateLimit, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_EVENTS,
     DEFAULT_BATCH_MAX_WAIT,
 };
+pub use network::Network;
 pub use secret::{Secret, SecretList};
 pub use tls::{load_ca_file, CaFileError, TlsConfig, DEFAULT_TLS_VERIFY};
 
@@ -334,6 +336,11 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 /// Time in-flight deliveries get to finish on SIGTERM (Kubernetes grants 30s in total).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Private and local addresses are reachable by default: the demo, the tests and
+/// many sidecar setups post to 127.0.0.1 or a cluster-internal service. Turn the
+/// guard on where subscription URLs come from people who must not reach the
+/// internal network (multi-tenant setups, URLs entered through an API).
+pub const DEFAULT_DENY_PRIVATE_NETWORKS: bool = false;
 /// Per-request timeout: receivers should answer fast and do slow work asynchronously.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts before an event becomes a dead letter; with the default backoff about a day.
@@ -455,6 +462,11 @@ pub struct DeliveryConfig {
     pub max_concurrency: usize,
     /// Time in-flight deliveries get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Refuse to connect to loopback, private, link-local, CGNAT and other
+    /// non-public addresses (checked after DNS resolution, for every address).
+    pub deny_private_networks: bool,
+    /// Networks reachable even with `deny_private_networks` (they take precedence).
+    pub allow_networks: Vec<Network>,
 }
 
 impl Default for DeliveryConfig {
@@ -462,6 +474,8 @@ impl Default for DeliveryConfig {
         Self {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            deny_private_networks: DEFAULT_DENY_PRIVATE_NETWORKS,
+            allow_networks: Vec::new(),
         }
     }
 }

@@ -569,3 +569,46 @@ fn ordering_and_lanes_are_checked_naming_the_field() {
     assert!(err.contains("ordering"), "{err}");
     assert!(parse(&with_sub("ordering = \"key\"\nlanes = 256")).is_ok());
 }
+
+#[test]
+fn egress_guard_is_off_by_default_and_parses_its_networks() {
+    let c = parse(&with_sub("")).unwrap();
+    assert!(!c.delivery.deny_private_networks);
+    assert!(c.delivery.allow_networks.is_empty());
+    let c = parse(&format!(
+        "{MINIMAL}\n[delivery]\ndeny_private_networks = true\nallow_networks = [\"127.0.0.1/32\", \"10.20.0.0/16\", \"fd00::1\"]\n"
+    ))
+    .unwrap();
+    assert!(c.delivery.deny_private_networks);
+    let shown: Vec<String> = c
+        .delivery
+        .allow_networks
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["127.0.0.1/32", "10.20.0.0/16", "fd00::1/128"]);
+}
+
+#[test]
+fn a_bad_allow_network_names_the_key_and_line() {
+    let err = error(&format!(
+        "{MINIMAL}\n[delivery]\nallow_networks = [\"10.0.0.0/8\", \"10.0.0.300/8\"]\n"
+    ));
+    assert!(
+        err.starts_with("walhook.toml:8:18: delivery.allow_networks: "),
+        "{err}"
+    );
+    assert!(err.contains("delivery.allow_networks"), "{err}");
+    assert!(
+        err.contains("\"10.0.0.300/8\" is not a CIDR network"),
+        "{err}"
+    );
+    let err = error(&format!(
+        "{MINIMAL}\n[delivery]\nallow_networks = [\"192.168.1.1/16\"]\n"
+    ));
+    assert!(err.contains("delivery.allow_networks"), "{err}");
+    assert!(
+        err.contains("write the network \"192.168.0.0/16\""),
+        "{err}"
+    );
+}

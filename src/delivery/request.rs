@@ -242,7 +242,7 @@ impl Sender {
         };
         let timestamp = unix_secs(self.shared.clock.now());
         let request = self.endpoint.send(
-            &self.shared.client,
+            self.shared.client.inner(),
             id,
             timestamp,
             rendered.body.clone(),
