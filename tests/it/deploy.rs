@@ -201,3 +201,106 @@ fn compose_config_is_valid_with_the_compose_env() {
     walhook::config::from_str_with_env(&toml, "walhook.toml", &env)
         .unwrap_or_else(|err| panic!("docker/walhook.toml: {err}"));
 }
+
+/// Runs one of `examples/verify/` on a request description; returns its output line.
+fn run_verifier(program: &str, script: &str, request: &serde_json::Value, dir: &Path) -> String {
+    let file = dir.join(format!("request-{}.json", rand::random::<u32>()));
+    std::fs::write(&file, request.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/verify")
+        .join(script);
+    let out = Command::new(program)
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("cannot run {program} ({err}); install it (apt-get install {program}) to run this test")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The receiver-side examples in `examples/verify/` (Python and Node; the Go one is the
+/// same algorithm) accept real walhook requests — Standard Webhooks with two secrets
+/// during a rotation, and 简道云's sha1 scheme — and reject a tampered body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_examples_accept_real_requests_and_reject_tampering() {
+    use crate::runner::{ConfigText, InProcess};
+    use crate::support::receiver::TestReceiver;
+
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await;
+    let receiver = TestReceiver::start().await;
+    let dir = scratch_dir(db.name());
+    let (old, new) = ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain-secret-ü");
+    let cfg = ConfigText::new(&db.url(), &db.slot_name(), &dir.join("store"))
+        .table("name = \"notes\"")
+        .subscription(
+            "std",
+            &format!("{}/std", receiver.url()),
+            &format!("auth = {{ type = \"hmac\", secret = [\"{new}\", \"{old}\"] }}"),
+        )
+        .subscription(
+            "jdy",
+            &format!("{}/jdy", receiver.url()),
+            "format = \"jiandaoyun\"\nauth = { type = \"jiandaoyun\", secret = \"jdy-secret\" }",
+        );
+    let app = InProcess::start(cfg.parse()).await;
+    db.execute("INSERT INTO notes VALUES (1, 'héllo 🎉 \"quoted\"')")
+        .await;
+    let requests = receiver.wait_for(2, WAIT).await;
+    app.stop().await.unwrap();
+
+    let headers = |r: &crate::support::receiver::Request| -> serde_json::Value {
+        r.headers
+            .iter()
+            .map(|(k, v)| (k.to_lowercase(), serde_json::Value::from(v.as_str())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let std_req = requests
+        .iter()
+        .find(|r| r.path.starts_with("/std"))
+        .unwrap();
+    let jdy_req = requests
+        .iter()
+        .find(|r| r.path.starts_with("/jdy"))
+        .unwrap();
+    let query: serde_json::Map<String, serde_json::Value> =
+        url::Url::parse(&format!("http://x{}", jdy_req.path))
+            .unwrap()
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned().into()))
+            .collect();
+    let body = |r: &crate::support::receiver::Request| String::from_utf8(r.body.to_vec()).unwrap();
+    let cases = [
+        ("hmac", new, std_req, serde_json::Value::Null),
+        ("hmac", old, std_req, serde_json::Value::Null),
+        ("jiandaoyun", "jdy-secret", jdy_req, query.clone().into()),
+    ];
+    for (program, script) in [("python3", "verify.py"), ("node", "verify.js")] {
+        for (scheme, secret, req, query) in &cases {
+            let mut request = serde_json::json!({
+                "secret": secret, "scheme": scheme, "headers": headers(req),
+                "query": query, "body": body(req),
+            });
+            assert_eq!(
+                run_verifier(program, script, &request, &dir),
+                "ok",
+                "{script} rejected a real {scheme} request"
+            );
+            request["body"] = body(req).replacen("1", "2", 1).into();
+            assert_eq!(
+                run_verifier(program, script, &request, &dir),
+                "bad",
+                "{script} accepted a tampered {scheme} body"
+            );
+        }
+    }
+}
