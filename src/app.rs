@@ -176,6 +176,10 @@ pub async fn replay(cfg: &Config, name: &str, what: Replay) -> Result<(), Error>
 pub struct Hooks {
     /// called each time replication starts streaming
     pub on_streaming: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// called with the reason when the receive watchdog finds the replication
+    /// connection dead (it is then replaced), and with `None` once streaming
+    /// resumes (health: "degraded")
+    pub on_degraded: Option<Arc<dyn Fn(Option<String>) + Send + Sync>>,
     /// new configurations to apply to the subscriptions (SIGHUP)
     pub reload: Option<mpsc::Receiver<Config>>,
 }
@@ -254,6 +258,9 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         );
         if let Some(f) = hooks.on_streaming.clone() {
             capture = capture.on_streaming(move || f());
+        }
+        if let Some(f) = hooks.on_degraded.clone() {
+            capture = capture.on_degraded(move |reason| f(reason));
         }
         tasks.spawn(async move { capture.run().await.map_err(Error::from) });
     }

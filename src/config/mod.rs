@@ -322,6 +322,11 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Connect timeout: long enough for a TLS handshake over a slow link, short enough to fail fast.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest silence of the replication stream that makes walhook check the
+/// connection (see [`SourceConfig::receive_timeout`]): long enough that a
+/// busy server is not mistaken for a dead network, like PostgreSQL's own
+/// `wal_receiver_timeout` (60s) halved for its ping.
+pub const MIN_DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive failed (re)connects before giving up (exit 3); with backoff about a minute of outage.
 pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 6;
 /// Store directory, relative to the working directory like the config file itself.
@@ -408,6 +413,23 @@ pub struct SourceConfig {
     /// Consecutive failed (re)connects before exiting with code 3.
     #[serde(default = "default_max_connect_attempts")]
     pub max_connect_attempts: u32,
+    /// Silence of the replication stream (not even a keepalive) after which
+    /// the connection is checked and, if dead, replaced; `None` = the default
+    /// of [`SourceConfig::receive_timeout`].
+    #[serde(default)]
+    pub receive_timeout: Option<Duration>,
+}
+
+impl SourceConfig {
+    /// `receive_timeout`, or by default three heartbeats and at least
+    /// [`MIN_DEFAULT_RECEIVE_TIMEOUT`]: an idle stream carries a heartbeat
+    /// message every `heartbeat`, so three missed ones mean trouble.
+    pub fn receive_timeout(&self) -> std::time::Duration {
+        match self.receive_timeout {
+            Some(timeout) => timeout.get(),
+            None => (self.heartbeat.get() * 3).max(MIN_DEFAULT_RECEIVE_TIMEOUT.get()),
+        }
+    }
 }
 
 /// `[store]`: the embedded durable log.

@@ -612,3 +612,28 @@ fn a_bad_allow_network_names_the_key_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn receive_timeout_defaults_to_three_heartbeats_but_at_least_30s() {
+    let c = parse(&with_sub("")).unwrap();
+    assert_eq!(c.source.receive_timeout, None);
+    assert_eq!(c.source.receive_timeout().as_secs(), 30);
+    let long_heartbeat = MINIMAL.replace("[source]\n", "[source]\nheartbeat = \"20s\"\n");
+    let c = parse(&long_heartbeat).unwrap();
+    assert_eq!(c.source.receive_timeout().as_secs(), 60);
+    let set = MINIMAL.replace("[source]\n", "[source]\nreceive_timeout = \"5s\"\n");
+    assert_eq!(parse(&set).unwrap().source.receive_timeout().as_secs(), 5);
+}
+
+#[test]
+fn receive_timeout_must_exceed_the_status_interval() {
+    let text = MINIMAL.replace(
+        "[source]\n",
+        "[source]\nstatus_interval = \"2s\"\nreceive_timeout = \"2s\"\n",
+    );
+    let err = error(&text);
+    assert!(
+        err.starts_with("walhook.toml: source.receive_timeout: (2s) must be longer than source.status_interval (2s)"),
+        "{err}"
+    );
+}

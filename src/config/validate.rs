@@ -139,6 +139,18 @@ fn validate_source(source: &SourceConfig) -> Result {
             ));
         }
     }
+    if let Some(timeout) = source.receive_timeout {
+        if timeout <= source.status_interval {
+            return Err(ConfigError::invalid(
+                "source.receive_timeout",
+                format!(
+                    "({timeout}) must be longer than source.status_interval ({}); \
+                     a few times longer, like \"30s\"",
+                    source.status_interval
+                ),
+            ));
+        }
+    }
     if source.max_connect_attempts == 0 {
         return Err(ConfigError::invalid(
             "source.max_connect_attempts",

@@ -12,6 +12,7 @@ mod deploy;
 mod formats;
 mod harness;
 mod lanes;
+mod network;
 mod pipeline;
 mod reload;
 mod runner;

@@ -102,13 +102,22 @@ pub struct InProcess {
 impl InProcess {
     /// Starts walhook and waits until replication is streaming.
     pub async fn start(cfg: walhook::config::Config) -> InProcess {
+        InProcess::start_with(cfg, Hooks::default()).await
+    }
+
+    /// Like [`InProcess::start`] with the test's own hooks; its `on_streaming`, if any,
+    /// is called too.
+    pub async fn start_with(cfg: walhook::config::Config, mut hooks: Hooks) -> InProcess {
         let token = CancellationToken::new();
         let streaming = Arc::new(Notify::new());
         let s = streaming.clone();
-        let hooks = Hooks {
-            on_streaming: Some(Arc::new(move || s.notify_one())),
-            ..Hooks::default()
-        };
+        let theirs = hooks.on_streaming.take();
+        hooks.on_streaming = Some(Arc::new(move || {
+            s.notify_one();
+            if let Some(f) = &theirs {
+                f();
+            }
+        }));
         let t = token.clone();
         let mut handle = tokio::spawn(async move { app::run(cfg, t, hooks).await });
         tokio::select! {

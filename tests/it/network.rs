@@ -1,0 +1,174 @@
+//! Network faults between walhook and PostgreSQL or its receivers, through the fault
+//! proxy (matrix rows 15, 24, 25, 26), and the egress guard (row 29).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use walhook::app::Hooks;
+use walhook::demo::cluster::ClusterOptions;
+
+use crate::pipeline::db_name;
+use crate::runner::{eventually, scratch_dir, ConfigText, InProcess};
+use crate::support::db::{start_cluster, TestDb};
+use crate::support::oracle::{self, AckWatch, Ledger};
+use crate::support::proxy::{Fault, FaultProxy};
+use crate::support::receiver::TestReceiver;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `url` with its port replaced by `port` (the proxy's).
+fn via_port(url: &str, port: u16) -> String {
+    let mut parsed = url::Url::parse(url).expect("a database URL");
+    parsed.set_port(Some(port)).expect("a URL with a host");
+    parsed.to_string()
+}
+
+/// Row 15: the network to PostgreSQL becomes a black hole for 10 s, longer than the
+/// server's `wal_sender_timeout` (2 s). walhook's receive watchdog must notice the
+/// silence, report the connection degraded, tear it down and reconnect once the path
+/// works again; the server drops the old walsender; nothing is lost or queued twice and
+/// the slot is never confirmed past what the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_replication_connection_is_replaced_and_loses_nothing() {
+    let cluster = start_cluster(ClusterOptions {
+        extra_conf: vec!["wal_sender_timeout = '2s'".into()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let db = TestDb::on(cluster.clone()).await;
+    Ledger::create(&db).await;
+    let receiver = TestReceiver::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], cluster.port()))).await;
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let store = dir.join("store");
+    let cfg = ConfigText::new(&via_port(&db.url(), proxy.port()), &name, &store)
+        .source("receive_timeout = \"3s\"")
+        .source("connect_timeout = \"2s\"")
+        .table(Ledger::TABLE_TOML)
+        .subscription("sink", &receiver.url(), "");
+
+    let degraded: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = degraded.clone();
+    let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = streams.clone();
+    let hooks = Hooks {
+        on_degraded: Some(Arc::new(move |reason| seen.lock().unwrap().push(reason))),
+        on_streaming: Some(Arc::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })),
+        ..Hooks::default()
+    };
+    let wh = InProcess::start_with(cfg.parse(), hooks).await;
+    let acks = AckWatch::start(&db, &name, &store).await;
+
+    Ledger::insert(&db, 1, 50).await;
+    oracle::settle(&db, &receiver, Some(&store), "sink", WAIT)
+        .await
+        .assert_ok(0);
+
+    // The partition. The database itself stays reachable for the test's own writes.
+    let fault_at = tokio::time::Instant::now();
+    let accepted_before = proxy.accepted();
+    proxy.set(Fault::BlackHole);
+    Ledger::insert(&db, 51, 100).await;
+    Ledger::bump(&db, 1, 20).await;
+    let reason = eventually(WAIT, "walhook to report the connection degraded", || {
+        let reason = degraded.lock().unwrap().iter().flatten().next().cloned();
+        async move { reason }
+    })
+    .await;
+    assert!(
+        reason.contains("went silent") && reason.contains("source.receive_timeout"),
+        "{reason}"
+    );
+    eventually(WAIT, "the server to drop the old walsender", || async {
+        (!db.slot_active(&name).await).then_some(())
+    })
+    .await;
+    eventually(WAIT, "a reconnect attempt into the black hole", || async {
+        // The watchdog's check plus at least one new replication connection.
+        (proxy.accepted() >= accepted_before + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        streams.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "nothing can stream through a black hole"
+    );
+    tokio::time::sleep_until(fault_at + Duration::from_secs(10)).await;
+    proxy.set(Fault::Pass);
+
+    eventually(WAIT, "replication to stream again", || async {
+        (streams.load(std::sync::atomic::Ordering::SeqCst) >= 2 && db.slot_active(&name).await)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        degraded.lock().unwrap().last(),
+        Some(&None),
+        "streaming again clears the degraded state"
+    );
+    Ledger::insert(&db, 101, 120).await;
+    Ledger::delete(&db, 40, 45).await;
+    let verdict = oracle::settle(&db, &receiver, Some(&store), "sink", WAIT).await;
+    verdict.assert_ok(0);
+    assert_eq!(verdict.committed, 50 + 50 + 20 + 20 + 6);
+    acks.finish().await.assert_ok();
+    wh.stop().await.expect("a clean stop after the partition");
+}
+
+/// The other side of row 15: a stream that is merely quiet (here: a receive timeout
+/// shorter than the heartbeat) is checked over SQL and kept, because its walsender is
+/// alive and hears walhook's status updates. No reconnect, nothing degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_but_healthy_replication_stream_is_checked_and_kept() {
+    let db = TestDb::new().await;
+    Ledger::create(&db).await;
+    let receiver = TestReceiver::start().await;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], db.cluster().port()))).await;
+    let name = db_name(&db);
+    let store = scratch_dir(&name).join("store");
+    let cfg = ConfigText::new(&via_port(&db.url(), proxy.port()), &name, &store)
+        .source("receive_timeout = \"400ms\"")
+        .table(Ledger::TABLE_TOML)
+        .subscription("sink", &receiver.url(), "");
+    let degraded: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = degraded.clone();
+    let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = streams.clone();
+    let hooks = Hooks {
+        on_degraded: Some(Arc::new(move |reason| seen.lock().unwrap().push(reason))),
+        on_streaming: Some(Arc::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })),
+        ..Hooks::default()
+    };
+    let wh = InProcess::start_with(cfg.parse(), hooks).await;
+    // Each check opens one SQL connection through the proxy.
+    let after_start = proxy.accepted();
+    eventually(WAIT, "three checks of the quiet stream", || async {
+        (proxy.accepted() >= after_start + 3).then_some(())
+    })
+    .await;
+    Ledger::insert(&db, 1, 10).await;
+    oracle::settle(&db, &receiver, Some(&store), "sink", WAIT)
+        .await
+        .assert_ok(0);
+    assert_eq!(
+        streams.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a healthy stream was replaced"
+    );
+    assert!(
+        degraded.lock().unwrap().iter().all(Option::is_none),
+        "a healthy stream was reported degraded: {:?}",
+        degraded.lock().unwrap()
+    );
+    wh.stop().await.expect("clean stop");
+    let _ = db
+        .client()
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+        .await;
+}
