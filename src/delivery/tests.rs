@@ -1199,3 +1199,117 @@ async fn a_success_resets_the_failure_streak() {
     assert_eq!(receiver.hits().len(), 6);
     h.stop().await;
 }
+
+// ---------------------------------------------------------------- deadlines and leaks
+
+/// A raw TCP server on its own threads (outside the test's runtime, so it adds no
+/// tasks there): `hang` reads and never answers; otherwise it answers one byte of an
+/// HTTP response every 20 ms. Counts connections accepted and still open.
+struct RawServer {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+}
+
+impl RawServer {
+    fn start(hang: bool) -> RawServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
+        let (a, o) = (accepted.clone(), open.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    if hang {
+                        // Until the client closes its side.
+                        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                    } else {
+                        let _ = stream.read(&mut buf);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-padding: ";
+                        let endless = answer.iter().copied().chain(std::iter::repeat(b'a'));
+                        for byte in endless.take(10_000) {
+                            if stream.write_all(&[byte]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawServer {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Rows 24/25 in-process: 100 attempts against a receiver that never answers and one
+/// that dribbles its headers each end at the total deadline as failed attempts, and
+/// leave no task of this runtime and no connection behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_attempts_leave_no_tasks_or_connections_behind() {
+    let hang = RawServer::start(true);
+    let loris = RawServer::start(false);
+    let mut h = Harness::new("1s");
+    let patient = json!({"timeout": "50ms", "retry": {"max_attempts": 100000, "initial": "1ms", "max": "1ms"}});
+    h.spawn(&[
+        subscription("hang", &format!("http://{}/", hang.addr), patient.clone()),
+        subscription("loris", &format!("http://{}/", loris.addr), patient),
+    ]);
+    h.append_n(1);
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let wait_attempts = |n: u64| {
+        let (hang, loris) = (&hang, &loris);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        async move {
+            while hang.accepted() < n || loris.accepted() < n {
+                assert!(Instant::now() < deadline, "fewer than {n} attempts each");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_attempts(10).await;
+    let tasks_before = metrics.num_alive_tasks();
+    wait_attempts(110).await;
+    let tasks_after = metrics.num_alive_tasks();
+    assert!(
+        tasks_after <= tasks_before + 2,
+        "live tasks grew from {tasks_before} to {tasks_after} over 100 timed-out attempts"
+    );
+    for name in ["hang", "loris"] {
+        let state = h.state(name);
+        assert_eq!(state.delivered, 0, "{name}: {state:?}");
+        assert!(state.attempts >= 100, "{name}: {state:?}");
+        assert_eq!(
+            state.last_error.as_deref(),
+            Some("request timed out after 50ms"),
+            "{name}"
+        );
+    }
+    h.stop().await;
+    // Stopped workers closed their last connection too.
+    let deadline = Instant::now() + WAIT;
+    while hang.open.load(Ordering::SeqCst) + loris.open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "connections left open: hang {}, loris {}",
+            hang.open.load(Ordering::SeqCst),
+            loris.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

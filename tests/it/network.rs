@@ -172,3 +172,149 @@ async fn a_quiet_but_healthy_replication_stream_is_checked_and_kept() {
         .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
         .await;
 }
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|err| panic!("read /proc/{pid}/fd: {err}"))
+        .count()
+}
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("read /proc/{pid}/status: {err}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The subscription's state as the running walhook stored it.
+fn stored_state(store: &std::path::Path, name: &str) -> walhook::store::SubscriptionState {
+    walhook::store::inspect::StoreView::open(store)
+        .expect("open the store read-only")
+        .subscriptions()
+        .expect("read subscriptions")
+        .into_iter()
+        .find(|view| view.state.name == name)
+        .unwrap_or_else(|| panic!("no subscription {name} in the store"))
+        .state
+}
+
+/// Rows 24 and 25, with the real binary: one receiver accepts the connection and never
+/// sends a byte (a black-holed proxy), the other answers one byte every 20 ms (a
+/// slow-loris proxy: status line and headers dribble in, so a per-read timeout would
+/// never fire). Each attempt must end at the subscription's total deadline (100 ms) as
+/// a failed attempt, and be retried. After 100 more attempts each, the process has as
+/// many open file descriptors as before (± a small margin) and its memory has not grown
+/// with the attempts; the slow-loris connections were all closed by walhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_and_slow_loris_receivers_hit_the_total_deadline_without_leaking() {
+    const WARMUP: usize = 10;
+    const ATTEMPTS: usize = 100;
+    let db = TestDb::new().await;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let receiver = TestReceiver::start().await;
+    let hang = FaultProxy::start(receiver.addr()).await;
+    hang.set(Fault::BlackHole);
+    let loris = FaultProxy::start(receiver.addr()).await;
+    loris.set(Fault::TrickleDown {
+        bytes: 1,
+        every: Duration::from_millis(20),
+    });
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let store = dir.join("store");
+    let patient = "timeout = \"100ms\"\nretry = { max_attempts = 100000, initial = \"10ms\", max = \"10ms\" }";
+    let cfg = ConfigText::new(&db.url(), &name, &store)
+        .table("name = \"t\"")
+        .subscription("hang", &format!("http://{}/hang", hang.addr()), patient)
+        .subscription("loris", &format!("http://{}/loris", loris.addr()), patient)
+        .subscription("direct", &format!("{}/direct", receiver.url()), "");
+    let mut child = crate::runner::spawn_run(&cfg.write(&dir), &dir.join("run.log"));
+    let pid = child.id();
+    eventually(WAIT, "walhook to start streaming", || async {
+        db.slot_active(&name).await.then_some(())
+    })
+    .await;
+    db.execute("INSERT INTO t VALUES (1)").await;
+    receiver.wait_for(1, WAIT).await;
+
+    eventually(WAIT, "the warm-up attempts", || async {
+        (hang.accepted() >= WARMUP && loris.accepted() >= WARMUP).then_some(())
+    })
+    .await;
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
+    let (hang_start, loris_start) = (hang.accepted(), loris.accepted());
+    eventually(
+        Duration::from_secs(120),
+        "100 more attempts each",
+        || async {
+            (hang.accepted() >= hang_start + ATTEMPTS && loris.accepted() >= loris_start + ATTEMPTS)
+                .then_some(())
+        },
+    )
+    .await;
+    let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
+    eprintln!(
+        "fds {fds_before} -> {fds_after}, rss {rss_before} -> {rss_after} KiB, \
+         attempts hang {} loris {}",
+        hang.accepted(),
+        loris.accepted()
+    );
+
+    for sub in ["hang", "loris"] {
+        let state = stored_state(&store, sub);
+        assert_eq!(state.delivered, 0, "{sub}: an attempt succeeded: {state:?}");
+        assert_eq!(state.dead_lettered, 0, "{sub}: {state:?}");
+        assert!(
+            state.attempts as usize > ATTEMPTS,
+            "{sub}: only {} failed attempts recorded",
+            state.attempts
+        );
+        assert_eq!(
+            state.last_error.as_deref(),
+            Some("request timed out after 100ms"),
+            "{sub}"
+        );
+    }
+    // One request reached the receiver directly; the black hole let none through and
+    // the slow-loris answers never completed in time.
+    let paths: Vec<String> = receiver.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths.iter().filter(|p| *p == "/direct").count(), 1);
+    assert!(
+        paths.iter().all(|p| p != "/hang"),
+        "a request crossed the black hole"
+    );
+    // The slow-loris receiver got every request at once and answered 200 at once:
+    // only its answer was slow, and walhook still gave up on each at the deadline.
+    assert!(
+        paths.iter().filter(|p| *p == "/loris").count() >= ATTEMPTS,
+        "the slow-loris receiver saw only {} requests",
+        paths.iter().filter(|p| *p == "/loris").count()
+    );
+    assert!(
+        fds_after <= fds_before + 4,
+        "open fds grew from {fds_before} to {fds_after} over {ATTEMPTS} timed-out attempts"
+    );
+    assert!(
+        rss_after <= rss_before + 4 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB over {ATTEMPTS} timed-out attempts"
+    );
+    // walhook closed every slow-loris connection it gave up on (the black hole keeps its
+    // side open by design, so only this proxy can tell).
+    eventually(WAIT, "the slow-loris connections to close", || async {
+        (loris.open() <= 1).then_some(())
+    })
+    .await;
+
+    crate::runner::terminate(&child);
+    let status = crate::runner::wait_exit(&mut child, WAIT);
+    assert_eq!(status.code(), Some(0), "clean stop");
+    let _ = db
+        .client()
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+        .await;
+}

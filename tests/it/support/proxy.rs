@@ -15,7 +15,10 @@
 //!   (`ECONNREFUSED`); existing ones carry on. The same port is bound again on the next
 //!   switch.
 //! - [`Fault::Trickle`]: forward at most `bytes` bytes per `every` in each direction
-//!   (a slow link, or a slow-loris peer when the upstream is a receiver).
+//!   (a slow link).
+//! - [`Fault::TrickleDown`]: forward what the client sends at full speed, and what the
+//!   upstream answers at most `bytes` bytes per `every` (a slow-loris receiver: the
+//!   status line and headers dribble in).
 //!
 //! The proxy runs on the runtime of the test that started it and stops (closing every
 //! connection) when dropped. [`FaultProxy::accepted`] and [`FaultProxy::open`] count
@@ -50,6 +53,24 @@ pub enum Fault {
         /// Time between steps.
         every: Duration,
     },
+    /// Forward the upstream's answers at `bytes` bytes per `every`; requests at full speed.
+    TrickleDown {
+        /// Bytes per step.
+        bytes: usize,
+        /// Time between steps.
+        every: Duration,
+    },
+}
+
+impl Fault {
+    /// The pace of one direction under this fault, if it is slowed.
+    fn pace(self, downstream: bool) -> Option<(usize, Duration)> {
+        match self {
+            Fault::Trickle { bytes, every } => Some((bytes.max(1), every)),
+            Fault::TrickleDown { bytes, every } if downstream => Some((bytes.max(1), every)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -202,8 +223,8 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, fault: watch::R
     let was_reset = {
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
-        let up = pump(client_read, server_write, fault.clone());
-        let down = pump(server_read, client_write, fault.clone());
+        let up = pump(client_read, server_write, fault.clone(), false);
+        let down = pump(server_read, client_write, fault.clone(), true);
         tokio::select! {
             _ = async { tokio::join!(up, down) } => false,
             _ = reset_requested(fault.clone()) => true,
@@ -216,8 +237,8 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, fault: watch::R
 }
 
 /// Copies `from` to `to` under the current fault, until EOF or an error; closes the
-/// write side on EOF.
-async fn pump<R, W>(mut from: R, mut to: W, mut fault: watch::Receiver<Fault>)
+/// write side on EOF. `downstream`: this is the upstream → client direction.
+async fn pump<R, W>(mut from: R, mut to: W, mut fault: watch::Receiver<Fault>, downstream: bool)
 where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
@@ -239,15 +260,13 @@ where
             let Some(current) = gate(&mut fault).await else {
                 return;
             };
-            let step = match current {
-                Fault::Trickle { bytes, .. } => bytes.max(1).min(n - sent),
-                _ => n - sent,
-            };
+            let pace = current.pace(downstream);
+            let step = pace.map_or(n - sent, |(bytes, _)| bytes.min(n - sent));
             if to.write_all(&buf[sent..sent + step]).await.is_err() {
                 return;
             }
             sent += step;
-            if let Fault::Trickle { every, .. } = current {
+            if let Some((_, every)) = pace {
                 // A switch to another fault ends the pause early.
                 let _ = tokio::time::timeout(every, fault.changed()).await;
             }
