@@ -82,6 +82,22 @@ impl Error {
         }
     }
 
+    /// The message for the user: the error, and for delivery errors (whose
+    /// messages name the subscription but not the cause) each cause in turn,
+    /// e.g. why `send-test` got no answer.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        if let Error::Delivery(err) = self {
+            let mut cause = std::error::Error::source(err);
+            while let Some(err) = cause {
+                text.push_str(": ");
+                text.push_str(&err.to_string());
+                cause = err.source();
+            }
+        }
+        text
+    }
+
     /// Knock-on errors lose against their cause when several tasks fail.
     fn is_knock_on(&self) -> bool {
         matches!(self, Error::Source(SourceError::StoreGone))

@@ -248,7 +248,7 @@ fn main() -> ExitCode {
     match runtime.block_on(main_inner(cli)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            eprintln!("walhook: {err}");
+            eprintln!("walhook: {}", err.report());
             ExitCode::from(err.exit_code())
         }
     }

@@ -318,3 +318,195 @@ async fn hanging_and_slow_loris_receivers_hit_the_total_deadline_without_leaking
         .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
         .await;
 }
+
+/// Row 26: an endpoint on a closed port and one whose host name does not resolve. Each
+/// attempt is a connection error, retried, then a dead letter; with `disable_after` the
+/// unresolvable one is disabled. A healthy subscription keeps receiving everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoints_dead_letter_and_disable_while_others_flow() {
+    let db = TestDb::new().await;
+    Ledger::create(&db).await;
+    let receiver = TestReceiver::start().await;
+    let nobody = TestReceiver::start().await; // stands for the unreachable ones: gets nothing
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let name = db_name(&db);
+    let store = scratch_dir(&name).join("store");
+    let retry = "retry = { max_attempts = 2, initial = \"10ms\", max = \"10ms\" }";
+    let cfg = ConfigText::new(&db.url(), &name, &store)
+        .table(Ledger::TABLE_TOML)
+        .subscription(
+            "closed",
+            &format!("http://127.0.0.1:{closed_port}/hook"),
+            retry,
+        )
+        .subscription(
+            "nxdomain",
+            "http://walhook-test.invalid/hook",
+            &format!("{retry}\ndisable_after = 3"),
+        )
+        .subscription("healthy", &receiver.url(), "");
+    let wh = InProcess::start(cfg.parse()).await;
+
+    Ledger::insert(&db, 1, 3).await;
+    let nxdomain = eventually(WAIT, "nxdomain to be disabled", || async {
+        let state = stored_state(&store, "nxdomain");
+        state.disabled_reason.is_some().then_some(state)
+    })
+    .await;
+    // Event 1: two attempts, dead letter; event 2: the third failure in a row.
+    assert_eq!(nxdomain.dead_lettered, 1, "{nxdomain:?}");
+    let reason = nxdomain.disabled_reason.unwrap();
+    assert!(
+        reason.starts_with("disabled after 3 consecutive failed attempts")
+            && reason.contains("dns error"),
+        "{reason}"
+    );
+    // The disabled subscription keeps its events and gets no more attempts.
+    Ledger::insert(&db, 4, 6).await;
+    let healthy = oracle::settle(&db, &receiver, Some(&store), "healthy", WAIT).await;
+    healthy.assert_ok(0);
+    assert_eq!(healthy.delivered, 6);
+    let closed = oracle::settle(&db, &nobody, Some(&store), "closed", WAIT).await;
+    closed.assert_ok(0);
+    assert_eq!(
+        closed.dead_lettered, 6,
+        "every event of 'closed' is a dead letter"
+    );
+    let letters = walhook::store::inspect::StoreView::open(&store)
+        .unwrap()
+        .subscriptions()
+        .unwrap();
+    for view in letters {
+        let state = &view.state;
+        match state.name.as_str() {
+            "closed" => {
+                assert_eq!(view.dead_letters, 6);
+                let last = state.last_error.as_deref().unwrap_or_default();
+                assert!(last.contains("Connection refused"), "{last}");
+                assert!(
+                    !last.contains(&closed_port.to_string()),
+                    "URL in the error: {last}"
+                );
+            }
+            "nxdomain" => {
+                assert_eq!(view.dead_letters, 1);
+                assert_eq!(view.backlog, 5, "its events are kept for a re-enable");
+                assert_eq!(state.attempts, 1, "no attempt after the disable");
+            }
+            "healthy" => assert_eq!(view.backlog, 0),
+            other => panic!("unexpected subscription {other}"),
+        }
+    }
+    assert!(nobody.requests().is_empty());
+    wh.stop().await.expect("clean stop");
+    let _ = db
+        .client()
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+        .await;
+}
+
+/// Row 29 end to end: with `delivery.deny_private_networks = true` and no allowlist,
+/// events for receivers on 127.0.0.1 (by address and by `localhost`) become dead
+/// letters at the first attempt with the reason, and nothing reaches the listener; the
+/// same store restarted with `allow_networks = ["127.0.0.1/32"]` delivers new events
+/// to it. `send-test` is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_private_networks_keeps_deliveries_off_the_local_listener_unless_allowed() {
+    let db = TestDb::new().await;
+    Ledger::create(&db).await;
+    // One receiver per subscription, so the oracle judges each on its own.
+    let literal = TestReceiver::start().await;
+    let named = TestReceiver::start().await;
+    let name = db_name(&db);
+    let dir = scratch_dir(&name);
+    let store = dir.join("store");
+    let base = ConfigText::new(&db.url(), &name, &store)
+        .delivery("deny_private_networks = true")
+        .table(Ledger::TABLE_TOML)
+        .subscription("literal", &format!("{}/literal", literal.url()), "")
+        .subscription(
+            "named",
+            &format!("http://localhost:{}/named", named.addr().port()),
+            "",
+        );
+    let receivers = [("literal", &literal), ("named", &named)];
+
+    let wh = InProcess::start(base.parse()).await;
+    Ledger::insert(&db, 1, 3).await;
+    for (sub, receiver) in receivers {
+        let verdict = oracle::settle(&db, receiver, Some(&store), sub, WAIT).await;
+        verdict.assert_ok(0);
+        assert_eq!(
+            verdict.dead_lettered, 3,
+            "{sub}: every event is a dead letter"
+        );
+        let state = stored_state(&store, sub);
+        let reason = state.last_error.unwrap_or_default();
+        assert!(
+            reason.starts_with("blocked: ")
+                && reason.contains("a loopback address; allow it in delivery.allow_networks"),
+            "{sub}: {reason}"
+        );
+        assert!(
+            receiver.requests().is_empty(),
+            "{sub}: a blocked delivery reached the local listener"
+        );
+    }
+
+    // send-test goes through the same guard.
+    let config = base.write(&dir);
+    let out = crate::runner::run_cli(&["send-test", "literal", "-c", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("blocked: 127.0.0.1 is a loopback address"),
+        "{stderr}"
+    );
+    assert!(literal.requests().is_empty());
+    wh.stop().await.expect("clean stop");
+
+    let allowed = base.delivery("allow_networks = [\"127.0.0.1/32\"]");
+    let wh = InProcess::start(allowed.parse()).await;
+    Ledger::insert(&db, 4, 6).await;
+    for (sub, receiver) in receivers {
+        let verdict = oracle::settle(&db, receiver, Some(&store), sub, WAIT).await;
+        verdict.assert_ok(0);
+        assert_eq!(
+            (verdict.delivered, verdict.dead_lettered),
+            (3, 3),
+            "{sub}: the three new events delivered, the first three stay dead letters"
+        );
+    }
+    wh.stop().await.expect("clean stop");
+    let _ = db
+        .client()
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+        .await;
+}
+
+/// Row 29, configuration: a malformed CIDR stops `walhook check` with exit 2, naming
+/// the key, before any connection.
+#[test]
+fn a_bad_allow_network_is_a_config_error_naming_the_key() {
+    let dir = scratch_dir("badcidr");
+    let config = dir.join("walhook.toml");
+    std::fs::write(
+        &config,
+        "[source]\nurl = \"postgres://u:p@127.0.0.1:1/db\"\n\
+         [delivery]\ndeny_private_networks = true\nallow_networks = [\"10.0.0.0/8\", \"10.0.0/8\"]\n\
+         [[tables]]\nname = \"t\"\n",
+    )
+    .unwrap();
+    let out = crate::runner::run_cli(&["check", "-c", config.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("delivery.allow_networks"), "{text}");
+    assert!(
+        text.contains("\"10.0.0/8\" is not a CIDR network"),
+        "{text}"
+    );
+}

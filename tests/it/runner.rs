@@ -33,6 +33,7 @@ pub struct ConfigText {
     pub tables: String,
     pub subscriptions: String,
     pub extra_source: String,
+    pub delivery: String,
 }
 
 impl ConfigText {
@@ -45,6 +46,7 @@ impl ConfigText {
             tables: String::new(),
             subscriptions: String::new(),
             extra_source: String::new(),
+            delivery: String::new(),
         }
     }
 
@@ -68,14 +70,22 @@ impl ConfigText {
         self
     }
 
+    /// Adds a line to the `[delivery]` section.
+    pub fn delivery(mut self, line: &str) -> Self {
+        self.delivery.push_str(line);
+        self.delivery.push('\n');
+        self
+    }
+
     pub fn render(&self) -> String {
         format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n\n{}\n{}",
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n\n[delivery]\n{}\n{}\n{}",
             self.db_url,
             self.slot,
             self.slot,
             self.extra_source,
             self.store.display(),
+            self.delivery,
             self.tables,
             self.subscriptions
         )
