@@ -374,3 +374,57 @@ async fn fault_proxy_passes_black_holes_resets_refuses_and_trickles() {
     .await;
     assert_eq!(proxy.accepted(), 4);
 }
+
+#[test]
+fn standard_webhooks_verifier_accepts_the_published_vector_and_nothing_else() {
+    use crate::support::standard_webhooks::{Rejected, Verifier};
+    let verifier = Verifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let (id, ts, body) = (
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265330",
+        br#"{"test": 2432232314}"#.as_slice(),
+    );
+    let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    let now = 1_614_265_330;
+    let verify =
+        |id, ts, sigs, body, now| verifier.verify(Some(id), Some(ts), Some(sigs), body, now);
+    assert_eq!(verify(id, ts, sig, body, now), Ok(()));
+    // Any one matching signature of a list is enough; other versions are ignored.
+    let listed = format!("v2,abc v1,AAAA {sig}");
+    assert_eq!(verify(id, ts, &listed, body, now), Ok(()));
+    assert_eq!(
+        verify(id, ts, sig, br#"{"test": 2432232315}"#, now),
+        Err(Rejected::NoMatchingSignature),
+        "tampered body"
+    );
+    assert_eq!(
+        verify("msg_other", ts, sig, body, now),
+        Err(Rejected::NoMatchingSignature)
+    );
+    assert_eq!(
+        Verifier::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").verify(
+            Some(id),
+            Some(ts),
+            Some(sig),
+            body,
+            now
+        ),
+        Err(Rejected::NoMatchingSignature),
+        "the raw text of a whsec_ secret is another key"
+    );
+    assert_eq!(
+        verify(id, ts, sig, body, now + 300),
+        Ok(()),
+        "5 minutes late is fine"
+    );
+    assert_eq!(verify(id, ts, sig, body, now + 301), Err(Rejected::TooOld));
+    assert_eq!(verify(id, ts, sig, body, now - 301), Err(Rejected::TooNew));
+    assert_eq!(
+        verify(id, "soon", sig, body, now),
+        Err(Rejected::BadTimestamp)
+    );
+    assert_eq!(
+        verifier.verify(Some(id), None, Some(sig), body, now),
+        Err(Rejected::MissingHeader("webhook-timestamp"))
+    );
+}

@@ -16,5 +16,6 @@ mod network;
 mod pipeline;
 mod reload;
 mod runner;
+mod signatures;
 mod support;
 mod tls;
