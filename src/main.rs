@@ -34,6 +34,10 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
+        /// Print the effective configuration (defaults filled in, every secret
+        /// shown as ***) and exit without connecting.
+        #[arg(long)]
+        print_config: bool,
     },
     /// Deliver a sample event (op "test") to subscription NAME and print the answer.
     ///
@@ -160,8 +164,15 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
             };
             app::run(cfg, token, hooks).await
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            print_config,
+        } => {
             let cfg = walhook::config::load(&config)?;
+            if print_config {
+                println!("{}", cfg.redacted());
+                return Ok(());
+            }
             println!("ok    config {} is valid", config.display());
             let result = app::check(&cfg, &mut |line| println!("{line}")).await;
             match &result {

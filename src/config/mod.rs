@@ -164,6 +164,14 @@ pub fn from_str_with_env(
 }
 
 impl Config {
+    /// The effective configuration (defaults filled in) for `walhook check
+    /// --print-config`, with every secret as `***`: the `Debug` form, whose
+    /// impls are the ones that already keep secrets out of logs (`Secret`,
+    /// subscription URLs beyond their origin, header values, templates).
+    pub fn redacted(&self) -> String {
+        format!("{self:#?}")
+    }
+
     /// Fills defaults that depend on other keys (after `validate`):
     /// `app_id` of jiandaoyun subscriptions is the database name.
     fn fill_defaults(&mut self) {
@@ -665,6 +673,17 @@ pub enum Format {
 }
 
 impl SubscriptionConfig {
+    /// The URL for logs and output: its origin only (`https://host:port/***`),
+    /// since paths and queries often carry tokens (Slack, Feishu, WeCom robots).
+    pub fn url_for_display(&self) -> String {
+        let rest = &self.url[url::Position::BeforePath..];
+        if rest.is_empty() || rest == "/" {
+            format!("{}/", self.url.origin().ascii_serialization())
+        } else {
+            format!("{}/***", self.url.origin().ascii_serialization())
+        }
+    }
+
     /// Whether events with `op` of `form` go to this subscription (by `ops` and `forms`
     /// only; `enabled` is checked by delivery).
     pub fn wants(&self, op: Op, form: &str) -> bool {
@@ -688,10 +707,7 @@ impl fmt::Debug for SubscriptionConfig {
             self.headers.keys().map(|k| (k.as_str(), "***")).collect();
         f.debug_struct("SubscriptionConfig")
             .field("name", &self.name)
-            .field(
-                "url",
-                &format_args!("{}/***", self.url.origin().ascii_serialization()),
-            )
+            .field("url", &format_args!("{}", self.url_for_display()))
             .field("method", &self.method)
             .field("forms", &self.forms)
             .field("ops", &self.ops)

@@ -637,3 +637,51 @@ fn receive_timeout_must_exceed_the_status_interval() {
         "{err}"
     );
 }
+
+#[test]
+fn the_redacted_config_shows_defaults_and_hides_every_secret() {
+    let text = "[source]\nurl = \"postgres://walhook:${PGPASSWORD}@db.internal:5432/app\"\n\
+         [admin]\ntoken = \"admin-t0ken-123\"\n\
+         [[tables]]\nname = \"public.orders\"\n\
+         [[subscriptions]]\nname = \"a\"\nurl = \"https://hooks.example.com/services/T0/B0/url-s3cret?key=query-s3cret\"\n\
+         headers = { \"X-Token\" = \"header-s3cret\" }\nauth = { type = \"hmac\", secret = [\"${SECRET}\", \"old-hmac-s3cret\"] }\n\
+         [[subscriptions]]\nname = \"b\"\nurl = \"https://b.example.com/\"\n\
+         auth = { type = \"basic\", user = \"u\", password = \"basic-s3cret\" }\n\
+         [[subscriptions]]\nname = \"c\"\nurl = \"https://c.example.com/\"\n\
+         auth = { type = \"oauth2\", token_url = \"https://auth.example.com/token\", client_id = \"walhook\", client_secret = \"client-s3cret\" }\n\
+         [[subscriptions]]\nname = \"d\"\nurl = \"https://d.example.com/\"\nformat = \"template\"\n\
+         template = '''{\"k\": \"template-s3cret\"}'''\n\
+         auth = { type = \"jwt\", algorithm = \"HS256\", secret = \"jwt-s3cret\", issuer = \"w\", audience = \"x\" }\n\
+         [[subscriptions]]\nname = \"e\"\nurl = \"https://e.example.com/\"\n\
+         auth = { type = \"bearer\", token = \"bearer-s3cret\" }\n";
+    let shown = parse(text).unwrap().redacted();
+    for secret in [
+        "pg-Pa55word",
+        "admin-t0ken-123",
+        "url-s3cret",
+        "query-s3cret",
+        "header-s3cret",
+        "TOPSECRET-xyz",
+        "old-hmac-s3cret",
+        "basic-s3cret",
+        "client-s3cret",
+        "template-s3cret",
+        "jwt-s3cret",
+        "bearer-s3cret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    // Defaults and non-secret values are there to read.
+    for expected in [
+        "max_connect_attempts: 6",
+        "deny_private_networks: false",
+        "slot: \"walhook\"",
+        "max_attempts: 12",
+        "client_id: \"walhook\"",
+        "https://hooks.example.com/***",
+        "\"X-Token\": \"***\"",
+        "password: ***",
+    ] {
+        assert!(shown.contains(expected), "{expected} missing:\n{shown}");
+    }
+}

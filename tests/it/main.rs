@@ -14,6 +14,7 @@ mod harness;
 mod lanes;
 mod network;
 mod pipeline;
+mod redaction;
 mod reload;
 mod runner;
 mod signatures;
