@@ -65,6 +65,12 @@ pub const POINTS: &[(&str, &str)] = &[
          the replication stream there (capture reconnects)",
     ),
     (
+        "before_store_commit",
+        "store: an append holding a transaction's commit has written its rows \
+         and not committed (`exit` here loses the uncommitted rows, as a power \
+         loss loses unsynced writes); `error` rolls it back with SQLITE_FULL",
+    ),
+    (
         "store_append",
         "store: an append's rows are written and its commit is next; `error` \
          rolls it back with SQLITE_FULL, as a full disk would",

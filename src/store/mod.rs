@@ -457,6 +457,10 @@ impl Store {
                 .and_then(|mut stmt| stmt.execute(params![lsn_to_sql(lsn)]))
                 .map_err(&err)?;
         }
+        let commits = items.iter().any(|i| matches!(i, Append::Commit { .. }));
+        if commits && crate::failpoint::failpoint!("before_store_commit") {
+            return Err(StoreError::simulated_full(&self.inner.db_path, "append"));
+        }
         if crate::failpoint::failpoint!("store_append") {
             // Dropping `tx` rolls the batch back, as a failed commit does.
             return Err(StoreError::simulated_full(&self.inner.db_path, "append"));

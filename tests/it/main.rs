@@ -8,6 +8,7 @@ mod auth;
 mod batching;
 mod cli;
 mod crash;
+mod faults;
 mod formats;
 mod harness;
 mod lanes;
