@@ -241,9 +241,7 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
     {
         let store = store.clone();
         let token = token.clone();
-        tasks.spawn(
-            async move { store_writer(store, writer_rx, durable_tx, seq_tx, token).await },
-        );
+        tasks.spawn(async move { store_writer(store, writer_rx, durable_tx, seq_tx, token).await });
     }
     {
         let mut capture = Capture::new(

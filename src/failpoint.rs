@@ -262,11 +262,7 @@ mod active {
                 std::process::exit(2);
             }
         };
-        let Some((n, action)) = rules
-            .iter()
-            .find(|r| r.name == name)
-            .and_then(Rule::on_hit)
-        else {
+        let Some((n, action)) = rules.iter().find(|r| r.name == name).and_then(Rule::on_hit) else {
             return false;
         };
         eprintln!("walhook failpoint {name}: {} (hit {n})", describe(action));
@@ -304,9 +300,8 @@ mod active {
     /// Blocks the thread; on a multi-thread runtime the worker's other tasks
     /// move elsewhere first, so only the task at the failpoint stops.
     fn block(f: impl FnOnce()) {
-        let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if multi {
             tokio::task::block_in_place(f);
         } else {
@@ -389,7 +384,13 @@ mod tests {
     /// Cargo.toml); if this fails, the fault tests would test nothing.
     #[test]
     fn test_builds_have_failpoints() {
-        assert!(super::COMPILED, "cargo test must enable the failpoints feature");
+        // Checked when the tests compile: without the feature they do not build.
+        const {
+            assert!(
+                super::COMPILED,
+                "cargo test must enable the failpoints feature"
+            )
+        };
         // Without WALHOOK_FAILPOINTS in this process, no point triggers.
         assert!(!failpoint!("store_append"));
     }

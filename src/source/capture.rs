@@ -253,7 +253,10 @@ impl Capture {
                 .map(|row| row.get::<_, i64>(0)),
             Err(_) => None,
         };
-        match timeout_ms.and_then(|ms| u64::try_from(ms).ok()).filter(|ms| *ms > 0) {
+        match timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .filter(|ms| *ms > 0)
+        {
             Some(ms) => Duration::from_millis(ms) + SLOT_BUSY_MARGIN,
             None => SLOT_BUSY_FALLBACK,
         }
@@ -504,9 +507,11 @@ impl Capture {
         if crate::failpoint::failpoint!("capture_after_row") {
             // `error`: as if the stream broke here (a transient failure:
             // capture reconnects and Postgres sends the transaction again).
-            return Err(SourceError::Replication(pgwire_replication::PgWireError::Io(
-                Arc::new(std::io::Error::other("failpoint capture_after_row")),
-            )));
+            return Err(SourceError::Replication(
+                pgwire_replication::PgWireError::Io(Arc::new(std::io::Error::other(
+                    "failpoint capture_after_row",
+                ))),
+            ));
         }
         let Some(t) = tx.as_mut() else {
             return Ok(());

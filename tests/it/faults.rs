@@ -308,10 +308,7 @@ async fn kill_9_mid_transaction_acknowledges_none_of_it_and_stores_it_once() {
 
     let tx_lsn = commit_lsn(&receiver.requests()[0]);
     assert!(
-        receiver
-            .requests()
-            .iter()
-            .all(|r| commit_lsn(r) == tx_lsn),
+        receiver.requests().iter().all(|r| commit_lsn(r) == tx_lsn),
         "one transaction, one commit LSN"
     );
     assert!(
@@ -421,9 +418,11 @@ async fn crash_after_a_2xx_before_the_mark_resends_the_same_id_freshly_signed() 
     let id = first.header("webhook-id").unwrap().to_string();
     let ts: u64 = first.header("webhook-timestamp").unwrap().parse().unwrap();
     // A redelivery in the same second would rightly carry the same timestamp.
-    eventually(WAIT, "the clock to pass the first attempt's second", || async {
-        (walhook::app::now_ms() / 1000 > ts as i64).then_some(())
-    })
+    eventually(
+        WAIT,
+        "the clock to pass the first attempt's second",
+        || async { (walhook::app::now_ms() / 1000 > ts as i64).then_some(()) },
+    )
     .await;
 
     let wh = Walhook::start(&run, "run2", None);
@@ -445,7 +444,10 @@ async fn crash_after_a_2xx_before_the_mark_resends_the_same_id_freshly_signed() 
         .unwrap()
         .parse()
         .unwrap();
-    assert!(ts_again > ts, "a new webhook-timestamp ({ts} then {ts_again})");
+    assert!(
+        ts_again > ts,
+        "a new webhook-timestamp ({ts} then {ts_again})"
+    );
     assert_eq!(again[0].body, again[1].body, "the same body");
     for request in &again {
         verify_signature(request);
@@ -474,7 +476,10 @@ async fn postgres_fast_stop_is_not_held_up_and_an_immediate_stop_loses_nothing()
     let wh = Walhook::start(&run, "run", None);
     wait_slot_active(&db, &run.slot, &wh).await;
 
-    for (round, mode) in [StopMode::Fast, StopMode::Immediate].into_iter().enumerate() {
+    for (round, mode) in [StopMode::Fast, StopMode::Immediate]
+        .into_iter()
+        .enumerate()
+    {
         let watch = AckWatch::start(&db, &run.slot, &run.store).await;
         let base = round as i64 * 10_000;
         Ledger::insert(&db, base + 1, base + 2_000).await;
@@ -513,7 +518,8 @@ async fn postgres_fast_stop_is_not_held_up_and_an_immediate_stop_loses_nothing()
     assert_eq!(verdict.committed, 2 * 2_500 + 100);
     watch.finish().await.assert_ok();
     assert!(
-        wh.log().contains("replication connection lost; reconnecting"),
+        wh.log()
+            .contains("replication connection lost; reconnecting"),
         "walhook noticed the stops; log tail:\n{}",
         wh.tail()
     );
@@ -569,7 +575,8 @@ async fn frozen_past_wal_sender_timeout_walhook_reconnects_and_loses_nothing() {
     assert_eq!(verdict.committed, 1_100);
     watch.finish().await.assert_ok();
     assert!(
-        wh.log().contains("replication connection lost; reconnecting"),
+        wh.log()
+            .contains("replication connection lost; reconnecting"),
         "walhook noticed the lost connection; log tail:\n{}",
         wh.tail()
     );
@@ -618,7 +625,10 @@ async fn a_full_store_pauses_replication_acks_nothing_past_it_and_resumes() {
         "the error names the file and the fix:\n{}",
         wh.tail()
     );
-    assert!(wh.running(), "a full store pauses walhook, it does not stop it");
+    assert!(
+        wh.running(),
+        "a full store pauses walhook, it does not stop it"
+    );
     assert_eq!(
         run.view().durable_lsn().unwrap(),
         Some(durable_before),
