@@ -8,6 +8,7 @@ mod auth;
 mod batching;
 mod cli;
 mod crash;
+mod deploy;
 mod faults;
 mod formats;
 mod harness;
