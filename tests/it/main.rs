@@ -9,6 +9,7 @@ mod batching;
 mod cli;
 mod crash;
 mod deploy;
+mod faults;
 mod formats;
 mod harness;
 mod lanes;
