@@ -226,11 +226,13 @@ async fn connection(mut client: TcpStream, upstream: SocketAddr, fault: watch::R
         let up = pump(client_read, server_write, fault.clone(), false);
         let down = pump(server_read, client_write, fault.clone(), true);
         tokio::select! {
-            _ = async { tokio::join!(up, down) } => false,
+            biased;
             _ = reset_requested(fault.clone()) => true,
+            _ = async { tokio::join!(up, down) } => false,
         }
     };
-    if was_reset {
+    // The pumps also stop on a reset; either way it must end with an RST.
+    if was_reset || matches!(*fault.borrow(), Fault::Reset) {
         reset(client);
         reset(server);
     }
