@@ -40,6 +40,28 @@ impl Config {
                 "is empty; set a token or remove the key",
             ));
         }
+        if let Err((i, entry)) = self.admin.allowed_networks() {
+            return Err(ConfigError::invalid(
+                format!("admin.allow[{i}]"),
+                format!(
+                    "{entry:?} is not a network; write a CIDR like \"10.0.0.0/8\" or an address like \"127.0.0.1\""
+                ),
+            ));
+        }
+        if self.store.history_retention.is_zero() {
+            return Err(ConfigError::invalid(
+                "store.history_retention",
+                "must be greater than 0; write a duration like \"30d\"",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err()
+            || self.log.level.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "is not a log level or filter; write \"error\", \"warn\", \"info\", \"debug\" or \"trace\" (or a filter like \"warn,walhook=debug\")",
+            ));
+        }
         if self.delivery.max_concurrency == 0 {
             return Err(ConfigError::invalid(
                 "delivery.max_concurrency",

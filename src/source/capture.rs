@@ -49,6 +49,7 @@ use super::{ConnParams, SourceError};
 use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
+use crate::health::Health;
 use crate::store::{Append, FormSchema, NewEvent};
 use std::collections::HashMap;
 
@@ -108,6 +109,8 @@ pub struct Capture {
     committed_schemas: HashMap<String, String>,
     /// called once each session is streaming (readiness, tests)
     on_streaming: Option<Box<dyn Fn() + Send + Sync>>,
+    /// streaming state, reconnects and the last commit, for `/readyz`
+    health: Health,
 }
 
 impl Capture {
@@ -133,7 +136,14 @@ impl Capture {
             last_sent,
             committed_schemas,
             on_streaming: None,
+            health: Health::new(),
         }
+    }
+
+    /// Reports the session's state into `health` (shared with the admin server).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Registers a callback run each time a session starts streaming.
@@ -153,11 +163,16 @@ impl Capture {
             let durable_before = *self.durable.borrow();
             let mut streamed = false;
             let err = match self.session(&mut streamed).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.set_not_streaming("stopped");
+                    return Ok(());
+                }
                 Err(err) => err,
             };
             if !err.is_transient() {
-                return Err(self.explain_permanent(err).await);
+                let err = self.explain_permanent(err).await;
+                self.health.set_not_streaming(format!("stopped: {err}"));
+                return Err(err);
             }
             // A session that made progress resets the budget; one that only
             // connected does not, so a server that keeps failing right
@@ -179,8 +194,12 @@ impl Capture {
             };
             if exhausted {
                 tracing::error!(error = %err, attempts = failures - 1, "giving up on the replication connection");
-                return Err(self.explain_permanent(err).await);
+                let err = self.explain_permanent(err).await;
+                self.health.set_not_streaming(format!("stopped: {err}"));
+                return Err(err);
             }
+            self.health
+                .reconnecting(format!("reconnecting after: {err}"));
             let delay = reconnect_delay(failures);
             tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
             tokio::select! {
@@ -245,6 +264,7 @@ impl Capture {
             started = client.wait_started() => started.map_err(SourceError::Replication)?,
         }
         *streamed = true;
+        self.health.set_streaming();
         tracing::info!(slot = %self.cfg.source.slot, durable = %crate::event::lsn_text(durable), "replication streaming");
         if let Some(f) = &self.on_streaming {
             f();
@@ -333,6 +353,11 @@ impl Capture {
                 let mut form_schemas = Vec::new();
                 if let Some(mut t) = tx.take() {
                     self.flush_chunk(&mut t).await?;
+                    self.health.commit_seen(
+                        t.ctx.commit_lsn,
+                        t.ctx.commit_time.clone(),
+                        crate::app::now_ms(),
+                    );
                     form_schemas = t.form_schemas;
                 }
                 for schema in &form_schemas {
