@@ -33,6 +33,13 @@ pub struct ConfigText {
     pub tables: String,
     pub subscriptions: String,
     pub extra_source: String,
+    /// Extra lines of `[admin]` (it always listens on 127.0.0.1:0, so tests
+    /// never collide on the default port).
+    pub extra_admin: String,
+    /// Extra top-level sections (`[log]`, ...), written before the tables.
+    pub extra_sections: String,
+    /// Extra lines of `[store]`.
+    pub extra_store: String,
 }
 
 impl ConfigText {
@@ -45,7 +52,29 @@ impl ConfigText {
             tables: String::new(),
             subscriptions: String::new(),
             extra_source: String::new(),
+            extra_admin: String::new(),
+            extra_sections: String::new(),
+            extra_store: String::new(),
         }
+    }
+
+    pub fn store(mut self, line: &str) -> Self {
+        self.extra_store.push_str(line);
+        self.extra_store.push('\n');
+        self
+    }
+
+    pub fn admin(mut self, line: &str) -> Self {
+        self.extra_admin.push_str(line);
+        self.extra_admin.push('\n');
+        self
+    }
+
+    /// Adds top-level sections such as `[log]` (with their keys).
+    pub fn section(mut self, toml: &str) -> Self {
+        self.extra_sections.push_str(toml);
+        self.extra_sections.push('\n');
+        self
     }
 
     pub fn table(mut self, toml: &str) -> Self {
@@ -70,12 +99,15 @@ impl ConfigText {
 
     pub fn render(&self) -> String {
         format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n\n{}\n{}",
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n{}\n{}\n{}",
             self.db_url,
             self.slot,
             self.slot,
             self.extra_source,
             self.store.display(),
+            self.extra_store,
+            self.extra_admin,
+            self.extra_sections,
             self.tables,
             self.subscriptions
         )
@@ -97,6 +129,8 @@ impl ConfigText {
 pub struct InProcess {
     pub token: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), Error>>,
+    /// Where its admin server listens (when `admin.enabled`).
+    pub admin: std::net::SocketAddr,
 }
 
 impl InProcess {
@@ -105,8 +139,13 @@ impl InProcess {
         let token = CancellationToken::new();
         let streaming = Arc::new(Notify::new());
         let s = streaming.clone();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an admin listener on 127.0.0.1:0");
+        let admin = admin_listener.local_addr().unwrap();
         let hooks = Hooks {
             on_streaming: Some(Arc::new(move || s.notify_one())),
+            admin_listener: Some(admin_listener),
             ..Hooks::default()
         };
         let t = token.clone();
@@ -116,7 +155,16 @@ impl InProcess {
             r = &mut handle => panic!("walhook stopped before streaming: {:?}", r.unwrap()),
             _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("walhook did not start streaming within 30 s"),
         }
-        InProcess { token, handle }
+        InProcess {
+            token,
+            handle,
+            admin,
+        }
+    }
+
+    /// `http://127.0.0.1:<admin port>` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// Stops walhook cleanly and returns its result.
