@@ -54,9 +54,7 @@ impl Config {
                 "must be greater than 0; write a duration like \"30d\"",
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err()
-            || self.log.level.trim().is_empty()
-        {
+        if !is_log_filter(&self.log.level) {
             return Err(ConfigError::invalid(
                 "log.level",
                 "is not a log level or filter; write \"error\", \"warn\", \"info\", \"debug\" or \"trace\" (or a filter like \"warn,walhook=debug\")",
@@ -114,6 +112,20 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A level name, or a filter with `target=level` parts (a bare word would
+/// otherwise be read as a target name and silently log everything of it).
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let text = text.trim();
+    if text.is_empty() {
+        return false;
+    }
+    if !text.contains(['=', ',']) {
+        return LEVELS.iter().any(|l| l.eq_ignore_ascii_case(text));
+    }
+    tracing_subscriber::EnvFilter::try_new(text).is_ok()
 }
 
 fn validate_source(source: &SourceConfig) -> Result {
