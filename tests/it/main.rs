@@ -9,6 +9,7 @@ mod auth;
 mod batching;
 mod cli;
 mod crash;
+mod deploy;
 mod formats;
 mod harness;
 mod lanes;
