@@ -15,6 +15,7 @@ use crate::runner::{
     eventually, scratch_dir, spawn_run, terminate, wait_exit, ConfigText, InProcess,
 };
 use crate::support::db::{start_cluster, TestDb};
+use crate::support::oracle::{settle, Ledger};
 use crate::support::receiver::{Reply, TestReceiver};
 use walhook::demo::cluster::{ClusterOptions, StopMode};
 
@@ -583,11 +584,12 @@ async fn readyz_reports_why_while_starting_and_during_a_postgres_outage() {
     // Streaming, then the database goes away and comes back.
     let cluster = start_cluster(ClusterOptions::default()).await;
     let db = TestDb::on(cluster.clone()).await;
-    db.execute("CREATE TABLE t (id int PRIMARY KEY)").await;
+    Ledger::create(&db).await;
     let receiver = TestReceiver::start().await;
-    let cfg = ConfigText::new(&db.url(), &db_name(&db), &dir.join("store2"))
+    let store = dir.join("store2");
+    let cfg = ConfigText::new(&db.url(), &db_name(&db), &store)
         .source("max_connect_attempts = 1000")
-        .table("name = \"t\"")
+        .table(Ledger::TABLE_TOML)
         .subscription("hook", &receiver.url(), "")
         .parse();
     let wh = InProcess::start(cfg).await;
@@ -596,6 +598,8 @@ async fn readyz_reports_why_while_starting_and_during_a_postgres_outage() {
         (readyz().await.status == 200).then_some(())
     })
     .await;
+    Ledger::insert(&db, 1, 50).await;
+    Ledger::bump(&db, 1, 25).await;
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || c.stop(StopMode::Fast).unwrap())
         .await
@@ -624,12 +628,12 @@ async fn readyz_reports_why_while_starting_and_during_a_postgres_outage() {
         metric(&text, "walhook_replication_reconnects_total").is_some_and(|n| n >= 1.0),
         "{text}"
     );
-    db.connect()
-        .await
-        .batch_execute("INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    receiver.wait_for(1, WAIT).await;
+    // Nothing lost across the outage, per-key order kept (the shared oracle).
+    let db = db.reconnect().await;
+    Ledger::insert(&db, 51, 100).await;
+    Ledger::delete(&db, 1, 10).await;
+    let verdict = settle(&db, &receiver, Some(&store), "hook", WAIT).await;
+    verdict.assert_ok(64);
     wh.stop().await.unwrap();
 }
 
