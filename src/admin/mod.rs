@@ -131,8 +131,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), AdminError> {
     let cfg = ctx.config.borrow().clone();
-    // Validated at load; an entry that does not parse here is a bug.
-    let allow = cfg.admin.allowed_networks().unwrap_or_default();
+    // Validated at load; should an entry not parse here, refuse to serve
+    // rather than fall back to "anyone may connect".
+    let allow = cfg.admin.allowed_networks().map_err(|(i, entry)| {
+        AdminError::Serve(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("admin.allow[{i}] {entry:?} is not a network"),
+        ))
+    })?;
     let client = crate::delivery::build_client().map_err(AdminError::Client)?;
     let addr = listener.local_addr().map_err(AdminError::Serve)?;
     tracing::info!(
