@@ -36,6 +36,7 @@ pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod exit;
+pub mod failpoint;
 pub mod health;
 pub mod metrics;
 pub mod source;

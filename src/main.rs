@@ -10,9 +10,17 @@ use walhook::app::{self, Error};
 use walhook::config::{Config, LogFormat};
 use walhook::exit;
 
+/// `--version`; a build with test-only failpoints says so (they are never in
+/// `cargo build --release`, see `walhook::failpoint`).
+const VERSION: &str = if walhook::failpoint::COMPILED {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// PostgreSQL logical replication → signed, retried webhooks.
 #[derive(Parser)]
-#[command(name = "walhook", version, about, long_about = None)]
+#[command(name = "walhook", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -164,6 +172,9 @@ async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
                 Some(cfg) => cfg,
                 None => walhook::config::load(&config)?,
             };
+            if let Some(active) = walhook::failpoint::init().map_err(Error::Usage)? {
+                tracing::warn!(failpoints = %active, "test failpoints are active");
+            }
             let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
             reload_on_sighup(config, reload_tx);
             let hooks = app::Hooks {

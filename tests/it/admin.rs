@@ -629,7 +629,8 @@ async fn readyz_reports_why_while_starting_and_during_a_postgres_outage() {
         "{text}"
     );
     // Nothing lost across the outage, per-key order kept (the shared oracle).
-    let db = db.reconnect().await;
+    let mut db = db;
+    db.reconnect().await;
     Ledger::insert(&db, 51, 100).await;
     Ledger::delete(&db, 1, 10).await;
     let verdict = settle(&db, &receiver, Some(&store), "hook", WAIT).await;

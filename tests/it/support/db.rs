@@ -136,14 +136,9 @@ impl TestDb {
         connect_url(&self.url()).await
     }
 
-    /// The same database with a fresh client, for helpers that take a `TestDb`
-    /// after the cluster was restarted (the old client is dead then).
-    pub async fn reconnect(&self) -> TestDb {
-        TestDb {
-            cluster: self.cluster.clone(),
-            name: self.name.clone(),
-            client: self.connect().await,
-        }
+    /// Replaces the client with a new connection (after the cluster was restarted).
+    pub async fn reconnect(&mut self) {
+        self.client = connect_url(&self.url()).await;
     }
 
     /// Runs one or more statements (simple protocol); panics with the SQL on error.
