@@ -4,6 +4,7 @@
 //! receivers on 127.0.0.1, and the real walhook binary where a test needs to
 //! kill it or read its exit code.
 
+mod admin;
 mod auth;
 mod batching;
 mod cli;
