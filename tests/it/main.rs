@@ -10,6 +10,7 @@ mod batching;
 mod cli;
 mod crash;
 mod deploy;
+mod docs;
 mod faults;
 mod formats;
 mod harness;
