@@ -154,3 +154,26 @@ fn configuration_reference_is_generated_from_the_example() {
         }
     }
 }
+
+/// Every metric name defined in `src/metrics.rs` is documented in the README.
+#[test]
+fn every_metric_is_documented_in_the_readme() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let names: Vec<&str> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.starts_with("walhook_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .collect();
+    assert!(names.len() >= 10, "found only {names:?} in src/metrics.rs");
+    for name in names {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "metric {name} is not in the README's metrics table"
+        );
+    }
+}
