@@ -60,8 +60,20 @@ pub struct StoreView {
 
 impl StoreView {
     /// Opens `dir`'s database read-only, without taking the store's lock.
+    /// A store an older walhook wrote is refused with a hint: the view
+    /// reads columns of the current schema and never migrates by itself.
     pub fn open(dir: &Path) -> Result<StoreView, StoreError> {
         let (conn, path) = open_unlocked(dir, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(StoreError::sqlite(&path, "schema version check"))?;
+        if found < super::schema::SCHEMA_VERSION {
+            return Err(StoreError::Outdated {
+                path,
+                found,
+                current: super::schema::SCHEMA_VERSION,
+            });
+        }
         Ok(StoreView { conn, path })
     }
 
@@ -122,6 +134,25 @@ impl StoreView {
         }
         Ok(out)
     }
+
+    /// The dead letters kept for `subscription`, oldest first, as
+    /// `(event id, event JSON)`.
+    pub fn dead_letter_payloads(
+        &self,
+        subscription: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let err = StoreError::sqlite(&self.path, "read dead letters");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT event_id, payload FROM dead_letters WHERE subscription = ?1 ORDER BY id",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([subscription], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
 }
 
 #[cfg(test)]
@@ -162,7 +193,33 @@ mod tests {
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].backlog, 3);
         assert_eq!(subs[0].dead_letters, 0);
+        assert!(view.dead_letter_payloads("a").unwrap().is_empty());
+        let first = store.read_after(0, 1).unwrap().remove(0);
+        store
+            .dead_letter("a", &first, 3, Some(400), "bad request", None)
+            .unwrap();
+        assert_eq!(
+            view.dead_letter_payloads("a").unwrap(),
+            vec![("0000000000000100-0000".to_string(), b"{}".to_vec())]
+        );
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_of_an_older_schema_is_refused_with_a_hint() {
+        let dir = std::env::temp_dir().join(format!("walhook-inspect-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(Store::open(&dir).unwrap());
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        drop(conn);
+        let err = StoreView::open(&dir).err().unwrap();
+        assert!(
+            matches!(err, StoreError::Outdated { found: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("start `walhook run`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
