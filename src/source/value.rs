@@ -1138,7 +1138,10 @@ mod tests {
         );
         // Numbers keep their digits; exponents get a lowercase e and a sign
         // (documented in docs/events.md).
-        assert_eq!(out(oid::JSON, "[1e5, 1E5, 2.50E-3, -0]"), "[1e+5,1e+5,2.50e-3,-0]");
+        assert_eq!(
+            out(oid::JSON, "[1e5, 1E5, 2.50E-3, -0]"),
+            "[1e+5,1e+5,2.50e-3,-0]"
+        );
         // json keeps NUL escapes; they round-trip as \u0000.
         assert_eq!(out(oid::JSON, r#""a\u0000b""#), r#""a\u0000b""#);
         // Duplicate keys: last value wins, at the first key's position.
