@@ -26,6 +26,12 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
+        /// Replace a lost, missing or foreign-advanced replication slot with a new one and
+        /// continue. Changes committed between the store's last durable LSN and the new
+        /// slot's start are skipped (the gap is logged and shown by `walhook status`);
+        /// events already stored are still delivered. Without it walhook exits with code 4.
+        #[arg(long)]
+        resync: bool,
     },
     /// Validate the config, connect, and verify every prerequisite; one line per check.
     ///
@@ -88,12 +94,15 @@ enum Command {
     },
 }
 
-/// `default_level` applies unless `RUST_LOG` is set.
+/// `default_level` applies unless `RUST_LOG` is set. Colours only on a
+/// terminal: log files and journald get plain `key=value` lines.
 fn init_tracing(default_level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -150,12 +159,13 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, resync } => {
             let cfg = walhook::config::load(&config)?;
             let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
             reload_on_sighup(config, reload_tx);
             let hooks = app::Hooks {
                 reload: Some(reload_rx),
+                resync,
                 ..app::Hooks::default()
             };
             app::run(cfg, token, hooks).await

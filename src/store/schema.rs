@@ -94,6 +94,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_stored_at ON events(stored_at_ms);
     ALTER TABLE events ADD COLUMN row_key TEXT;
     ALTER TABLE dead_letters ADD COLUMN row_key TEXT;",
+    // 2 -> 3: slots replaced by `walhook run --resync`: the changes between
+    // the store's durable LSN at that moment (`old_durable_lsn`, NULL for an
+    // empty store) and the new slot's start (`new_start_lsn`) were never
+    // captured; `walhook status` shows the gap.
+    "CREATE TABLE resyncs (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms           INTEGER NOT NULL,
+        slot            TEXT    NOT NULL,
+        reason          TEXT    NOT NULL,
+        old_durable_lsn INTEGER,
+        new_start_lsn   INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

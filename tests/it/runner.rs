@@ -102,13 +102,15 @@ pub struct InProcess {
 impl InProcess {
     /// Starts walhook and waits until replication is streaming.
     pub async fn start(cfg: walhook::config::Config) -> InProcess {
+        InProcess::start_with(cfg, Hooks::default()).await
+    }
+
+    /// Like [`InProcess::start`] with `hooks` (its `on_streaming` is replaced).
+    pub async fn start_with(cfg: walhook::config::Config, mut hooks: Hooks) -> InProcess {
         let token = CancellationToken::new();
         let streaming = Arc::new(Notify::new());
         let s = streaming.clone();
-        let hooks = Hooks {
-            on_streaming: Some(Arc::new(move || s.notify_one())),
-            ..Hooks::default()
-        };
+        hooks.on_streaming = Some(Arc::new(move || s.notify_one()));
         let t = token.clone();
         let mut handle = tokio::spawn(async move { app::run(cfg, t, hooks).await });
         tokio::select! {
@@ -146,11 +148,15 @@ pub fn run_cli(args: &[&str]) -> Output {
 
 /// Spawns `walhook run -c CONFIG` as a child process, its output in `log`.
 pub fn spawn_run(config: &Path, log: &Path) -> Child {
+    spawn_walhook(&["run", "-c", config.to_str().unwrap()], log)
+}
+
+/// Spawns `walhook ARGS` as a child process, stdout and stderr in `log`.
+pub fn spawn_walhook(args: &[&str], log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
     Command::new(binary())
-        .args(["run", "-c"])
-        .arg(config)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out)
