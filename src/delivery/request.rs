@@ -101,8 +101,17 @@ impl Sender {
         };
         let id = first.id.clone();
         let count = events.len();
-        // A render failure is permanent: the policy dead-letters it at once.
+        // A render failure, like a body over the limit, is permanent: the
+        // policy dead-letters it at once.
+        let limit = self.shared.max_body_bytes(&self.sub);
         let (rendered, mut unsendable) = match self.renderer.render(events) {
+            Ok(rendered) if rendered.body.len() > limit => {
+                let bytes = rendered.body.len();
+                (
+                    Rendered::default(),
+                    Some(UnsendableError::TooLarge { bytes, limit }),
+                )
+            }
             Ok(rendered) => (rendered, None),
             Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
         };

@@ -1052,3 +1052,105 @@ async fn a_success_resets_the_failure_streak() {
     assert_eq!(receiver.hits().len(), 6);
     h.stop().await;
 }
+
+// ---------------------------------------------------------------- body size limit
+
+impl Harness {
+    /// Appends one event whose `data` carries `pad` bytes of padding; returns its id.
+    fn append_padded(&mut self, pad: usize) -> String {
+        self.next += 1;
+        let id = event_id(self.next);
+        let payload = format!(
+            r#"{{"id":"{id}","op":"data_create","form":"orders","data":{{"n":{},"pad":"{}"}}}}"#,
+            self.next,
+            "x".repeat(pad)
+        );
+        self.store
+            .append(&[
+                Append::Events(vec![NewEvent {
+                    id: id.clone(),
+                    commit_lsn: 0x0100_0000 + self.next,
+                    op: "data_create".to_owned(),
+                    form: "orders".to_owned(),
+                    payload: payload.into_bytes(),
+                    key: Some(self.next.to_string()),
+                }]),
+                Append::Commit {
+                    end_lsn: 0x0100_0000 + self.next + 1,
+                    form_schemas: Vec::new(),
+                },
+            ])
+            .unwrap();
+        self.appended.send_replace(self.store.last_seq().unwrap());
+        id
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_is_dead_lettered_at_once_and_never_sent() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    let small = h.append_padded(10);
+    let big = h.append_padded(5_000);
+    let after = h.append_padded(10);
+    h.spawn(&[subscription(
+        "capped",
+        &receiver.url("/"),
+        json!({"max_body_bytes": "1KiB",
+               "retry": {"max_attempts": 5, "initial": "10ms", "max": "20ms"}}),
+    )]);
+    let state = h
+        .wait_state("capped", "two delivered, one dead letter", |s| {
+            s.delivered == 2 && s.dead_lettered == 1
+        })
+        .await;
+    assert_eq!(
+        state.cursor, 3,
+        "the oversized event does not block the next"
+    );
+    let sent: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|hit| hit.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(
+        sent,
+        [small, after.clone()],
+        "the oversized body never went out"
+    );
+    let dead = h.dead_letters("capped");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, big);
+    assert_eq!(dead[0].attempts, 1, "not retried: it cannot get smaller");
+    assert_eq!(dead[0].status, None);
+    assert!(
+        dead[0].reason.starts_with("payload too large") && dead[0].reason.contains("1024"),
+        "{}",
+        dead[0].reason
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn batches_stop_growing_at_max_body_bytes() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    let ids: Vec<String> = (0..6).map(|_| h.append_padded(300)).collect();
+    h.spawn(&[subscription(
+        "capped_batches",
+        &receiver.url("/"),
+        json!({"max_body_bytes": 1000,
+               "batch": {"max_events": 100, "max_bytes": "1MiB", "max_wait": "50ms"}}),
+    )]);
+    h.wait_state("capped_batches", "all delivered", |s| s.delivered == 6)
+        .await;
+    let hits = receiver.hits();
+    assert!(hits.len() >= 3, "{} requests", hits.len());
+    for hit in &hits {
+        assert!(hit.body.len() <= 1000, "a {}-byte batch", hit.body.len());
+    }
+    let all: Vec<String> = hits.iter().flat_map(batch_ids).collect();
+    assert_eq!(all, ids);
+    assert!(h.dead_letters("capped_batches").is_empty());
+    h.stop().await;
+}

@@ -110,7 +110,7 @@ impl Worker {
     ) -> Self {
         let appended = shared.appended.clone();
         Worker {
-            limits: Limits::of(&sub),
+            limits: Limits::of(&sub, shared.max_body_bytes(&sub)),
             sender: Sender::new(sub.clone(), endpoint, renderer, shared.clone()),
             sub,
             shared,
