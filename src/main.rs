@@ -238,7 +238,31 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// glibc's malloc raises its mmap threshold to the size of the largest block
+/// freed (up to 32 MiB); blocks below it then come from per-thread arenas and
+/// stay resident after they are freed. A 10 MB row passes through several
+/// such buffers (decoded values, the event JSON, the stored and the sent
+/// copy), and with the default behaviour the process kept hundreds of MB after
+/// a few of them. A fixed 1 MiB threshold gives every large block its own
+/// mapping, returned to the system on free. See
+/// docs/decisions/0008-allocator-tuning.md.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
+    // SAFETY: mallopt only sets a parameter of glibc's allocator; it is
+    // called once, first thing in main, before any other thread exists.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if ok != 1 {
+        eprintln!("walhook: could not set malloc's mmap threshold; memory use after large rows may stay high");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     // The demo's own lines tell the story; walhook's logs would drown them.
     init_tracing(match cli.command {

@@ -10,6 +10,8 @@
 //! commit worker has one, each lane has its own.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -89,11 +91,13 @@ impl Sender {
     }
 
     /// Sends `events` as one request until it is delivered, dead-lettered,
-    /// the subscription must be disabled, or shutdown stops it.
+    /// the subscription must be disabled, or shutdown stops it. The events
+    /// are taken by value so a dead letter stores them without another copy
+    /// (a 10 MB row must not be held three times).
     pub(crate) async fn deliver(
         &self,
         retry: &mut RetryState,
-        events: &[StoredEvent],
+        events: Vec<StoredEvent>,
         mut mode: CursorMode<'_>,
     ) -> Result<Done, DeliveryError> {
         let Some(first) = events.first() else {
@@ -101,20 +105,8 @@ impl Sender {
         };
         let id = first.id.clone();
         let count = events.len();
-        // A render failure, like a body over the limit, is permanent: the
-        // policy dead-letters it at once.
-        let limit = self.shared.max_body_bytes(&self.sub);
-        let (rendered, mut unsendable) = match self.renderer.render(events) {
-            Ok(rendered) if rendered.body.len() > limit => {
-                let bytes = rendered.body.len();
-                (
-                    Rendered::default(),
-                    Some(UnsendableError::TooLarge { bytes, limit }),
-                )
-            }
-            Ok(rendered) => (rendered, None),
-            Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
-        };
+        let mut events = events;
+        let (mut rendered, mut unsendable, lent) = self.prepare(&mut events);
         loop {
             if let Some(wait) = retry.pending_wait.take() {
                 if !self.sleep_unless_cancelled(wait).await {
@@ -184,7 +176,11 @@ impl Sender {
                     let status = attempt.status();
                     let excerpt = attempt.excerpt().map(str::to_owned);
                     let recorded = reason.clone();
-                    let events = events.to_vec();
+                    if lent {
+                        // The request is over, so the body is ours alone
+                        // again: this moves the bytes back, without a copy.
+                        events[0].payload = Vec::from(std::mem::take(&mut rendered.body));
+                    }
                     // One dead letter per event, each with the batch's reason.
                     self.store_call("store a dead letter", move |s, name| {
                         for event in &events {
@@ -217,6 +213,38 @@ impl Sender {
                     )));
                 }
             }
+        }
+    }
+
+    /// Renders the request. A single event sent as stored (see
+    /// [`Renderer::sends_payload_as_is`]) lends its payload to the body
+    /// (`true` in the result) instead of copying it, so a 10 MB row is held
+    /// once, not twice, while it is sent. A render failure, like a body over
+    /// `max_body_bytes`, is returned as the error that dead-letters the
+    /// request at once.
+    fn prepare(&self, events: &mut [StoredEvent]) -> (Rendered, Option<UnsendableError>, bool) {
+        let limit = self.shared.max_body_bytes(&self.sub);
+        let too_large = |bytes: usize| Some(UnsendableError::TooLarge { bytes, limit });
+        if let [event] = events {
+            if self.renderer.sends_payload_as_is() {
+                let bytes = event.payload.len();
+                if bytes > limit {
+                    return (Rendered::default(), too_large(bytes), false);
+                }
+                let body = Bytes::from(std::mem::take(&mut event.payload));
+                let rendered = Rendered {
+                    body,
+                    headers: Default::default(),
+                };
+                return (rendered, None, true);
+            }
+        }
+        match self.renderer.render(events) {
+            Ok(rendered) if rendered.body.len() > limit => {
+                (Rendered::default(), too_large(rendered.body.len()), false)
+            }
+            Ok(rendered) => (rendered, None, false),
+            Err(err) => (Rendered::default(), Some(UnsendableError::from(err)), false),
         }
     }
 

@@ -280,7 +280,7 @@ impl Worker {
         let sender = self.sender.clone();
         let mut retry = self.retry;
         let done = sender
-            .deliver(&mut retry, &events, CursorMode::Commit(self))
+            .deliver(&mut retry, events, CursorMode::Commit(self))
             .await;
         self.retry = retry;
         match done? {

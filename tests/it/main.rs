@@ -6,6 +6,7 @@
 
 mod auth;
 mod batching;
+mod bigdata;
 mod cli;
 mod crash;
 mod formats;
