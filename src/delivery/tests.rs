@@ -1154,3 +1154,91 @@ async fn batches_stop_growing_at_max_body_bytes() {
     assert!(h.dead_letters("capped_batches").is_empty());
     h.stop().await;
 }
+
+// ---------------------------------------------------------------- retry schedule (matrix rows 22, 23)
+
+#[tokio::test]
+async fn server_errors_are_retried_on_the_backoff_schedule_within_jitter() {
+    // 500 three times, then 200: four attempts for one event.
+    let receiver = Receiver::start(
+        vec![Reply::Status(500), Reply::Status(500), Reply::Status(500)],
+        Reply::Status(200),
+    )
+    .await;
+    let mut h = Harness::new("1s");
+    // webhook-timestamp has one-second resolution: a wall clock running
+    // 1000x faster makes every attempt's timestamp distinct, while the
+    // backoff sleeps (tokio time) stay real.
+    let base = SystemTime::now();
+    let started = Instant::now();
+    h.deliveries
+        .set_clock(move || base + started.elapsed() * 1000);
+    h.spawn(&[subscription(
+        "schedule",
+        &receiver.url("/"),
+        json!({"auth": {"type": "hmac", "secret": SECRET},
+               "retry": {"max_attempts": 10, "initial": "200ms", "max": "10s"}}),
+    )]);
+    let ids = h.append_n(1);
+    let hits = receiver.wait_hits(4).await;
+    h.wait_state("schedule", "delivered", |s| s.delivered == 1)
+        .await;
+    assert_eq!(receiver.hits().len(), 4, "exactly four attempts");
+    assert!(hits.iter().all(|hit| hit.header("webhook-id") == ids[0]));
+    assert!(
+        hits.iter().all(|hit| verify_signature(hit, SECRET)),
+        "every attempt is signed anew and verifies"
+    );
+    let stamps: Vec<u64> = hits
+        .iter()
+        .map(|hit| hit.header("webhook-timestamp").parse().unwrap())
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "fresh timestamps {stamps:?}"
+    );
+    // initial 200 ms doubling: 200, 400, 800 ms, each ±20%. The gap between
+    // arrivals is the delay plus the request round trips, so the lower bound
+    // is exact and the upper bound gets a little room for the round trips.
+    let gaps: Vec<Duration> = hits.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let scheduled = Duration::from_millis(200 << i);
+        let (low, high) = (scheduled.mul_f64(0.8), scheduled.mul_f64(1.2));
+        assert!(
+            *gap >= low && *gap <= high + Duration::from_millis(150),
+            "retry {} came after {gap:?}, outside {scheduled:?} ± 20% ({gaps:?})",
+            i + 1
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_two_seconds_holds_the_next_attempt_back_at_least_that_long() {
+    let receiver = Receiver::start(
+        vec![Reply::WithHeader(429, "retry-after", "2".into())],
+        Reply::Status(200),
+    )
+    .await;
+    let mut h = Harness::new("1s");
+    // A 50 ms backoff: only Retry-After can explain a two-second wait.
+    h.spawn(&[subscription(
+        "limited2",
+        &receiver.url("/"),
+        json!({"retry": {"max_attempts": 5, "initial": "50ms", "max": "100ms"}}),
+    )]);
+    h.append_n(1);
+    let hits = receiver.wait_hits(2).await;
+    let gap = hits[1].at - hits[0].at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "the next attempt came {gap:?} after a 429 with Retry-After: 2"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "Retry-After: 2 means seconds, not more ({gap:?})"
+    );
+    h.wait_state("limited2", "delivered", |s| s.delivered == 1)
+        .await;
+    h.stop().await;
+}

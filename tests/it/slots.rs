@@ -551,3 +551,92 @@ async fn an_invalidated_slot_exits_4_until_resync_which_keeps_the_stored_events(
     .await;
     stop(child, "run 4");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_lag_stays_bounded_while_200_mb_go_to_an_uncaptured_table() {
+    const WRITE: u64 = 200 * 1024 * 1024;
+    const MAX_LAG: i64 = 16 * 1024 * 1024;
+    const PACE: Duration = Duration::from_millis(50);
+    // A cluster of our own: 200 MB of WAL would disturb the shared one.
+    let db = TestDb::on(start_cluster(ClusterOptions::default()).await).await;
+    db.execute("CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id int, pad text)")
+        .await;
+    let receiver = TestReceiver::start().await;
+    let name = db_name(&db);
+    let cfg = ConfigText::new(&db.url(), &name, &scratch_dir(&name))
+        .table("name = \"quiet\"")
+        .subscription("hook", &receiver.url(), "")
+        .parse();
+    let wh = InProcess::start(cfg).await;
+
+    // Sample the slot's lag every 100 ms while the other table is written.
+    let sampler = db.connect().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let slot = name.clone();
+    let samples = tokio::spawn(async move {
+        let mut lags = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let row = sampler
+                .query_one(
+                    "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap();
+            lags.push(row.get::<_, i64>(0));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lags
+    });
+    let start = db.wal_lsn().await;
+    let started = Instant::now();
+    let mut statements = 0;
+    while db.wal_lsn().await - start < WRITE {
+        // About 1 MB of WAL per transaction, paced at about 20 MB/s: a busy
+        // database (the matrix writes 200 MB in 60 s), not a bulk load.
+        let next = tokio::time::Instant::now() + PACE;
+        db.execute(
+            "INSERT INTO busy SELECT i, repeat(md5(i::text), 28) FROM generate_series(1, 1000) i",
+        )
+        .await;
+        statements += 1;
+        tokio::time::sleep_until(next).await;
+    }
+    let written = db.wal_lsn().await - start;
+    let elapsed = started.elapsed();
+    // Quiesce: the lag comes back down once the writes stop.
+    eventually(WAIT, "the slot to catch up after the writes", || async {
+        let lsn = db.slot_confirmed_flush_lsn(&name).await?;
+        (lsn >= start + written).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lags = samples.await.unwrap();
+    wh.stop().await.unwrap();
+    let max = lags.iter().copied().max().unwrap_or(0);
+    let mut sorted = lags.clone();
+    sorted.sort_unstable();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+    eprintln!(
+        "row 19: {:.0} MB of WAL in {statements} transactions over {:.1} s; slot lag max {:.2} MB, median {:.2} MB over {} samples",
+        written as f64 / 1e6,
+        elapsed.as_secs_f64(),
+        max as f64 / 1e6,
+        median as f64 / 1e6,
+        lags.len()
+    );
+    assert!(
+        lags.len() >= 10,
+        "the lag was sampled while writing ({} samples)",
+        lags.len()
+    );
+    assert!(
+        max < MAX_LAG,
+        "slot lag reached {max} bytes while only an uncaptured table was written; it must stay below {MAX_LAG}"
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "no events for an uncaptured table"
+    );
+}
