@@ -29,12 +29,16 @@
 //! 4. Isolation: a failing endpoint never holds back the slot or another
 //!    subscription.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod exit;
+pub mod failpoint;
+pub mod health;
+pub mod metrics;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -7,11 +7,20 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use walhook::app::{self, Error};
+use walhook::config::{Config, LogFormat};
 use walhook::exit;
+
+/// `--version`; a build with test-only failpoints says so (they are never in
+/// `cargo build --release`, see `walhook::failpoint`).
+const VERSION: &str = if walhook::failpoint::COMPILED {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
 
 /// PostgreSQL logical replication → signed, retried webhooks.
 #[derive(Parser)]
-#[command(name = "walhook", version, about, long_about = None)]
+#[command(name = "walhook", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +49,10 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
+        /// Print the effective configuration (defaults filled in, every secret
+        /// shown as ***) and exit without connecting.
+        #[arg(long)]
+        print_config: bool,
     },
     /// Deliver a sample event (op "test") to subscription NAME and print the answer.
     ///
@@ -94,17 +107,25 @@ enum Command {
     },
 }
 
-/// `default_level` applies unless `RUST_LOG` is set. Colours only on a
-/// terminal: log files and journald get plain `key=value` lines.
-fn init_tracing(default_level: &str) {
+/// Logs to stderr in `format`; `default_level` applies unless `RUST_LOG` is set.
+/// Colours only on a terminal: log files and journald get plain `key=value` lines.
+fn init_tracing(default_level: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        // One object per line; the event's fields at the top level.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -155,12 +176,18 @@ fn reload_on_sighup(path: PathBuf, tx: tokio::sync::mpsc::Sender<walhook::config
     });
 }
 
-async fn main_inner(cli: Cli) -> Result<(), Error> {
+async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
     match cli.command {
         Command::Run { config, resync } => {
-            let cfg = walhook::config::load(&config)?;
+            let cfg = match loaded {
+                Some(cfg) => cfg,
+                None => walhook::config::load(&config)?,
+            };
+            if let Some(active) = walhook::failpoint::init().map_err(Error::Usage)? {
+                tracing::warn!(failpoints = %active, "test failpoints are active");
+            }
             let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
             reload_on_sighup(config, reload_tx);
             let hooks = app::Hooks {
@@ -170,8 +197,15 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
             };
             app::run(cfg, token, hooks).await
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            print_config,
+        } => {
             let cfg = walhook::config::load(&config)?;
+            if print_config {
+                println!("{}", cfg.redacted());
+                return Ok(());
+            }
             println!("ok    config {} is valid", config.display());
             let result = app::check(&cfg, &mut |line| println!("{line}")).await;
             match &result {
@@ -189,7 +223,7 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
                     config.display()
                 )));
             };
-            let client = walhook::delivery::build_client()?;
+            let client = walhook::delivery::build_client(&cfg.delivery)?;
             let started = std::time::Instant::now();
             let status = walhook::delivery::send_test(sub, &client).await?;
             let ms = started.elapsed().as_millis();
@@ -264,11 +298,29 @@ fn tune_allocator() {}
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    // The demo's own lines tell the story; walhook's logs would drown them.
-    init_tracing(match cli.command {
-        Command::Run { .. } | Command::Check { .. } => "info",
-        _ => "warn",
-    });
+    // `run` logs as its config says ([log]); so the config is read first,
+    // and a config error is reported like any other (exit 2).
+    let loaded = match &cli.command {
+        Command::Run { config, .. } => match walhook::config::load(config) {
+            Ok(cfg) => Some(cfg),
+            Err(err) => {
+                eprintln!("walhook: {err}");
+                return ExitCode::from(Error::from(err).exit_code());
+            }
+        },
+        _ => None,
+    };
+    match &loaded {
+        Some(cfg) => init_tracing(&cfg.log.level, cfg.log.format),
+        // The demo's own lines tell the story; walhook's logs would drown them.
+        None => init_tracing(
+            match cli.command {
+                Command::Check { .. } => "info",
+                _ => "warn",
+            },
+            LogFormat::Pretty,
+        ),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -279,10 +331,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::UNEXPECTED);
         }
     };
-    match runtime.block_on(main_inner(cli)) {
+    match runtime.block_on(main_inner(cli, loaded)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            eprintln!("walhook: {err}");
+            eprintln!("walhook: {}", err.report());
             ExitCode::from(err.exit_code())
         }
     }

@@ -8,11 +8,18 @@
 //! subscription) and the global semaphore (in `Shared`). The retry state of
 //! the request being delivered ([`RetryState`]) belongs to the caller: the
 //! commit worker has one, each lane has its own.
+//!
+//! Every attempt is counted in the subscription's metrics and recorded for
+//! the delivery history (`store::history`): a failure, dead letter or
+//! disable writes the buffered history with its own state change; delivered
+//! attempts wait in the buffer for the worker's next cursor flush
+//! ([`Sender::take_history`]), so they cost no commit of their own.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
@@ -25,7 +32,20 @@ use super::streak::FailureStreak;
 use super::worker::{unix_ms, unix_secs, Worker};
 use super::{DeliveryError, Shared};
 use crate::config::SubscriptionConfig;
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::metrics::SubscriptionMetrics;
+use crate::store::{AttemptOutcome, AttemptRecord, Store, StoreError, StoredEvent};
+
+/// Delivered attempts buffered for the history are written by the worker's
+/// next flush, or on their own once this many are waiting (lanes whose
+/// cursor is held back by a stuck key do not flush the cursor).
+pub(crate) const HISTORY_FLUSH_ROWS: usize = 64;
+
+/// Attempts not yet written to the history.
+#[derive(Debug, Default)]
+struct HistoryBuffer {
+    rows: Vec<AttemptRecord>,
+    since: Option<Instant>,
+}
 
 /// Failed attempts of the request being delivered, and the backoff before its next attempt.
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,6 +89,8 @@ pub(crate) struct Sender {
     pub(crate) shared: Shared,
     rate: Option<Arc<Mutex<RateLimiter>>>,
     streak: Arc<Mutex<FailureStreak>>,
+    metrics: SubscriptionMetrics,
+    history: Arc<Mutex<HistoryBuffer>>,
 }
 
 impl Sender {
@@ -83,6 +105,8 @@ impl Sender {
                 .rate_limit
                 .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit)))),
             streak: Arc::new(Mutex::new(FailureStreak::new(sub.disable_after))),
+            metrics: shared.metrics.subscription(&sub.name),
+            history: Arc::new(Mutex::new(HistoryBuffer::default())),
             sub: Arc::new(sub),
             endpoint: Arc::new(endpoint),
             renderer: Arc::new(renderer),
@@ -103,7 +127,7 @@ impl Sender {
         let Some(first) = events.first() else {
             return Ok(Done::Delivered);
         };
-        let id = first.id.clone();
+        let (id, op, form) = (first.id.clone(), first.op.clone(), first.form.clone());
         let count = events.len();
         let mut events = events;
         let (mut rendered, mut unsendable, lent) = self.prepare(&mut events);
@@ -113,10 +137,10 @@ impl Sender {
                     return Ok(Done::Stopped);
                 }
             }
-            let attempt = match unsendable.take() {
-                Some(err) => Attempt::Unsendable(err),
+            let (attempt, took) = match unsendable.take() {
+                Some(err) => (Attempt::Unsendable(err), Duration::ZERO),
                 None => match self.send(&id, &rendered).await {
-                    Some(attempt) => attempt,
+                    Some(sent) => sent,
                     None => return Ok(Done::Stopped),
                 },
             };
@@ -130,9 +154,52 @@ impl Sender {
                 &mut rand::rng(),
             );
             let reason = attempt.describe(self.endpoint.timeout());
+            let outcome = match decision {
+                Decision::Delivered => AttemptOutcome::Delivered,
+                Decision::Retry(_) => AttemptOutcome::Retry,
+                Decision::DeadLetter => AttemptOutcome::DeadLetter,
+                Decision::Disable => AttemptOutcome::Disabled,
+            };
+            let latencies: Vec<Duration> = if outcome == AttemptOutcome::Delivered {
+                if lent {
+                    // The single event's payload is the body.
+                    commit_latency(&rendered.body, now).into_iter().collect()
+                } else {
+                    events
+                        .iter()
+                        .filter_map(|e| commit_latency(&e.payload, now))
+                        .collect()
+                }
+            } else {
+                Vec::new()
+            };
+            let now_ms = unix_ms(now);
+            self.metrics
+                .attempt(outcome, took, number > 1, &latencies, now_ms);
+            let record = AttemptRecord {
+                event_id: id.clone(),
+                op: op.clone(),
+                form: form.clone(),
+                events: u32::try_from(count).unwrap_or(u32::MAX),
+                attempt: number,
+                outcome,
+                status: attempt.status(),
+                duration_ms: i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
+                latency_ms: latencies
+                    .first()
+                    .map(|l| i64::try_from(l.as_millis()).unwrap_or(i64::MAX)),
+                error: (outcome != AttemptOutcome::Delivered).then(|| reason.clone()),
+                at_ms: now_ms,
+            };
             match decision {
                 Decision::Delivered => {
+                    if crate::failpoint::failpoint!("after_2xx_before_mark") {
+                        // `error`: forget this 2xx, as a crash would, and retry.
+                        retry.pending_wait = Some(Duration::from_millis(100));
+                        continue;
+                    }
                     debug!(subscription = %self.sub.name, event_id = %id, events = count, attempt = number, "delivered");
+                    self.buffer_history(record);
                     *retry = RetryState::default();
                     lock(&self.streak).succeeded();
                     return Ok(Done::Delivered);
@@ -150,8 +217,10 @@ impl Sender {
                     let next_at = unix_ms(now)
                         .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                     let recorded = reason.clone();
+                    let mut history = self.take_history();
+                    history.push(record);
                     self.store_call("record a failed attempt", move |s, name| {
-                        s.record_failure(name, number, next_at, &recorded)
+                        s.record_failure_with(name, number, next_at, &recorded, &history)
                     })
                     .await?;
                     retry.attempts = number;
@@ -181,8 +250,12 @@ impl Sender {
                         // again: this moves the bytes back, without a copy.
                         events[0].payload = Vec::from(std::mem::take(&mut rendered.body));
                     }
+                    let mut history = self.take_history();
+                    history.push(record);
+                    self.metrics.dead_lettered(events.len() as u64);
                     // One dead letter per event, each with the batch's reason.
                     self.store_call("store a dead letter", move |s, name| {
+                        s.record_attempts(name, &history)?;
                         for event in &events {
                             let excerpt = excerpt.as_deref();
                             if move_cursor {
@@ -205,8 +278,10 @@ impl Sender {
                 Decision::Disable => {
                     error!(
                         subscription = %self.sub.name, event_id = %id, attempt = number,
-                        status = attempt.status(), "endpoint is gone; subscription disabled"
+                        status = attempt.status(), error = %reason, "endpoint is gone; subscription disabled"
                     );
+                    // Written by the worker's flush before it disables the subscription.
+                    self.buffer_history(record);
                     return Ok(Done::Disable(format!(
                         "endpoint answered {reason} to event {id}; fix the subscription's url, \
                          then reload walhook (SIGHUP) or restart it to re-enable the subscription"
@@ -248,6 +323,30 @@ impl Sender {
         }
     }
 
+    /// Adds a finished attempt to the history buffer.
+    fn buffer_history(&self, record: AttemptRecord) {
+        let mut buffer = lock(&self.history);
+        buffer.since.get_or_insert_with(Instant::now);
+        buffer.rows.push(record);
+    }
+
+    /// Takes the attempts not yet written to the history.
+    pub(crate) fn take_history(&self) -> Vec<AttemptRecord> {
+        let mut buffer = lock(&self.history);
+        buffer.since = None;
+        std::mem::take(&mut buffer.rows)
+    }
+
+    /// Whether buffered attempts should be written even without a cursor
+    /// move: many are waiting, or the oldest waited `max_wait`.
+    pub(crate) fn history_due(&self, max_wait: Duration) -> bool {
+        let buffer = lock(&self.history);
+        buffer.rows.len() >= HISTORY_FLUSH_ROWS
+            || buffer
+                .since
+                .is_some_and(|since| since.elapsed() >= max_wait)
+    }
+
     /// The disable reason for a `disable_after` streak, logged once.
     fn streak_reason(&self, last_error: &str) -> String {
         let failures = lock(&self.streak).count();
@@ -262,9 +361,9 @@ impl Sender {
         )
     }
 
-    /// One HTTP attempt under the rate limit and the global limit; None when
-    /// shutdown stopped it.
-    async fn send(&self, id: &str, rendered: &Rendered) -> Option<Attempt> {
+    /// One HTTP attempt under the rate limit and the global limit, and how
+    /// long the request itself took; None when shutdown stopped it.
+    async fn send(&self, id: &str, rendered: &Rendered) -> Option<(Attempt, Duration)> {
         if let Some(rate) = &self.rate {
             let wait = lock(rate).reserve(Instant::now());
             if !wait.is_zero() && !self.sleep_unless_cancelled(wait).await {
@@ -278,8 +377,9 @@ impl Sender {
             permit = self.shared.limiter.clone().acquire_owned() => permit.ok()?,
         };
         let timestamp = unix_secs(self.shared.clock.now());
+        let started = Instant::now();
         let request = self.endpoint.send(
-            &self.shared.client,
+            self.shared.client.inner(),
             id,
             timestamp,
             rendered.body.clone(),
@@ -298,7 +398,7 @@ impl Sender {
             }
         };
         drop(permit);
-        Some(attempt)
+        Some((attempt, started.elapsed()))
     }
 
     /// Sleeps for `wait`; false if shutdown came first.
@@ -310,7 +410,9 @@ impl Sender {
         }
     }
 
-    /// Runs a blocking store call off the async threads.
+    /// Runs a blocking store call off the async threads. A full store
+    /// ([`StoreError::is_full`]) pauses the subscription: the call is retried
+    /// with backoff until it succeeds, or fails with the error on shutdown.
     pub(crate) async fn store_call<T, F>(
         &self,
         action: &'static str,
@@ -318,23 +420,66 @@ impl Sender {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
     {
-        let store = self.shared.store.clone();
-        let name = self.sub.name.clone();
-        match tokio::task::spawn_blocking(move || call(&store, &name)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(DeliveryError::Store {
+        let mut failures: u32 = 0;
+        loop {
+            let store = self.shared.store.clone();
+            let name = self.sub.name.clone();
+            let attempt = call.clone();
+            let source = match tokio::task::spawn_blocking(move || attempt(&store, &name)).await {
+                Ok(Ok(value)) => {
+                    if failures > 0 {
+                        warn!(subscription = %self.sub.name, action, "the store is writable again; delivery resumes");
+                    }
+                    return Ok(value);
+                }
+                Ok(Err(source)) => source,
+                Err(source) => {
+                    return Err(DeliveryError::StoreTask {
+                        subscription: self.sub.name.clone(),
+                        source,
+                    })
+                }
+            };
+            let store_error = |source| DeliveryError::Store {
                 subscription: self.sub.name.clone(),
                 action,
                 source: Box::new(source),
-            }),
-            Err(source) => Err(DeliveryError::StoreTask {
-                subscription: self.sub.name.clone(),
-                source,
-            }),
+            };
+            if !source.is_full() {
+                return Err(store_error(source));
+            }
+            failures += 1;
+            let delay = crate::store::full_retry_delay(failures);
+            error!(
+                subscription = %self.sub.name, action, error = %source, attempt = failures,
+                retry_in_ms = delay.as_millis() as u64,
+                "the store is full: delivery is paused; free space on the store's filesystem and walhook resumes by itself"
+            );
+            if !self.sleep_unless_cancelled(delay).await {
+                return Err(store_error(source));
+            }
         }
     }
+}
+
+/// Time from the event's commit (`source.commit_time` in its JSON) to `now`;
+/// None for events without one (or a clock that went backwards).
+fn commit_latency(payload: &[u8], now: SystemTime) -> Option<Duration> {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        source: Option<Source<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Source<'a> {
+        #[serde(borrow)]
+        commit_time: Option<Cow<'a, str>>,
+    }
+    let event: Event<'_> = serde_json::from_slice(payload).ok()?;
+    let committed = humantime::parse_rfc3339(&event.source?.commit_time?).ok()?;
+    now.duration_since(committed).ok()
 }
 
 fn round_ms(d: Duration) -> Duration {

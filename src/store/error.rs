@@ -56,6 +56,16 @@ pub enum StoreError {
         /// The newest schema version this build knows.
         supported: i64,
     },
+    /// The database predates this walhook's schema and has not been upgraded yet.
+    #[error("the store database {} has schema version {found} (this walhook writes {current}); start `walhook run` with this version once to upgrade it", .path.display())]
+    Outdated {
+        /// The database file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// The version this build writes.
+        current: i64,
+    },
     /// A delivery-state call named a subscription that has no cursor row.
     #[error("subscription '{name}' is not in the store; call ensure_subscription first")]
     UnknownSubscription {
@@ -73,6 +83,19 @@ impl StoreError {
             }
             StoreError::Io { source, .. } => source.kind() == io::ErrorKind::StorageFull,
             _ => false,
+        }
+    }
+
+    /// The error SQLite gives when the disk is full (SQLITE_FULL), for the
+    /// `store_append`/`store_state_write` failpoints (`crate::failpoint`).
+    pub(super) fn simulated_full(path: &std::path::Path, context: &'static str) -> StoreError {
+        StoreError::Sqlite {
+            path: path.to_path_buf(),
+            context,
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("database or disk is full (simulated by a failpoint)".into()),
+            ),
         }
     }
 

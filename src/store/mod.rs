@@ -37,7 +37,7 @@
 //! single append-only file that the append's fsync covers. This keeps the
 //! per-delivery `advance` from paying an fsync each.
 //!
-//! # Schema (version 3, `PRAGMA user_version`)
+//! # Schema (version 4, `PRAGMA user_version`)
 //!
 //! * `events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE,
 //!   commit_lsn, op, form, payload BLOB, stored_at_ms, row_key)`: the log
@@ -49,7 +49,7 @@
 //!   `count(*)`, never from subtracting seqs.
 //! * `meta(key, value)`: `durable_lsn`.
 //! * `resyncs(at_ms, slot, reason, old_durable_lsn, new_start_lsn)`
-//!   (version 3): each slot replaced by `walhook run --resync`, i.e. each gap
+//!   (version 4): each slot replaced by `walhook run --resync`, i.e. each gap
 //!   in the captured changes.
 //! * `form_schemas(form, fields_json, updated_at_ms)`: the last known fields
 //!   of each form, to detect `form_update` across restarts.
@@ -59,6 +59,12 @@
 //! * `dead_letters(subscription, seq, event_id, op, form, commit_lsn,
 //!   payload, attempts, status, reason, body_excerpt, at_ms, row_key, ...)`: keeps a
 //!   copy of the event so retention never drops a dead letter.
+//! * `attempts(subscription, event_id, op, form, events, attempt, outcome,
+//!   status, duration_ms, latency_ms, error, at_ms)` (version 3): the
+//!   delivery history, one row per HTTP attempt (a batch is one row naming
+//!   its first event), written with the delivery state (see [`history`]) and
+//!   pruned after `store.history_retention`. `subscriptions.paused_at_ms`
+//!   (version 3) is set while the admin API has paused the subscription.
 //!
 //! LSNs are `u64` in Rust and stored as SQLite `INTEGER` (`i64`) with an `as`
 //! cast: real LSNs stay far below 2^63, so the order is preserved.
@@ -73,6 +79,7 @@
 //! block: async callers wrap them in `spawn_blocking`.
 
 mod error;
+pub mod history;
 pub mod inspect;
 pub mod replay;
 mod schema;
@@ -80,6 +87,7 @@ mod schema;
 mod tests;
 
 pub use error::StoreError;
+pub use history::{AttemptFilter, AttemptOutcome, AttemptRecord, StoredAttempt};
 
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
@@ -124,15 +132,33 @@ pub(crate) const COUNT_BACKLOG: &str =
 const SELECT_EVENTS_FOR: &str =
     "SELECT seq, id, op, form, commit_lsn, payload, stored_at_ms, row_key FROM events
      WHERE seq > ?1 AND for_subscription IN ('', ?3) ORDER BY seq LIMIT ?2";
-const SELECT_SUBSCRIPTION: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
+const SELECT_SUBSCRIPTION: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered,
+            paused_at_ms IS NOT NULL
      FROM subscriptions WHERE name = ?1";
-const SELECT_SUBSCRIPTIONS: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
+const SELECT_SUBSCRIPTIONS: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered,
+            paused_at_ms IS NOT NULL
      FROM subscriptions ORDER BY name";
 const SELECT_LAST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM events";
 const SELECT_DEAD_LETTERS: &str =
     "SELECT subscription, seq, event_id, attempts, status, reason, body_excerpt, at_ms,
             op, form, commit_lsn, payload, event_stored_at_ms, row_key
      FROM dead_letters WHERE subscription = ?1 ORDER BY id LIMIT ?2";
+
+/// First wait before retrying a write that found the store full.
+const FULL_FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Longest wait between retries of a write that found the store full, so
+/// space freed by an operator is noticed within this long.
+const FULL_MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// How long to wait before retrying a write that failed with a full store
+/// ([`StoreError::is_full`]) for the `failures`-th time in a row: doubling
+/// from 500 ms up to 30 s. A full disk pauses walhook; it does not stop it.
+pub fn full_retry_delay(failures: u32) -> Duration {
+    FULL_FIRST_RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(FULL_MAX_RETRY)
+}
 
 /// One event to append; `payload` is the event JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +260,8 @@ pub struct SubscriptionState {
     pub delivered: u64,
     /// Events dead-lettered, ever.
     pub dead_lettered: u64,
+    /// Paused through the admin API (survives restarts until resumed).
+    pub paused: bool,
 }
 
 /// An event that exhausted its attempts for one subscription.
@@ -402,13 +430,20 @@ impl Store {
     /// Appends a batch in one fsynced transaction and returns the durable
     /// LSN after it, the only value that may be acknowledged to Postgres.
     pub fn append(&self, items: &[Append]) -> Result<Option<u64>, StoreError> {
+        self.append_counted(items).map(|(lsn, _)| lsn)
+    }
+
+    /// Like [`Store::append`], also returning how many events were new
+    /// (re-sent ones are ignored by their unique id and not counted).
+    pub fn append_counted(&self, items: &[Append]) -> Result<(Option<u64>, u64), StoreError> {
         let err = self.err("append");
         let now = now_ms();
         let mut conn = lock(&self.inner.writer);
         let current = self.inner.durable_lsn.load(Ordering::Acquire);
         if items.is_empty() {
-            return Ok(lsn_option(current));
+            return Ok((lsn_option(current), 0));
         }
+        let mut inserted_events = 0u64;
         let mut lsn = current;
         let mut last_seq = None;
         let tx = conn
@@ -433,6 +468,7 @@ impl Store {
                                 .map_err(&err)?;
                             if inserted == 1 {
                                 last_seq = Some(tx.last_insert_rowid());
+                                inserted_events += 1;
                             }
                         }
                     }
@@ -460,6 +496,14 @@ impl Store {
                 .and_then(|mut stmt| stmt.execute(params![lsn_to_sql(lsn)]))
                 .map_err(&err)?;
         }
+        let commits = items.iter().any(|i| matches!(i, Append::Commit { .. }));
+        if commits && crate::failpoint::failpoint!("before_store_commit") {
+            return Err(StoreError::simulated_full(&self.inner.db_path, "append"));
+        }
+        if crate::failpoint::failpoint!("store_append") {
+            // Dropping `tx` rolls the batch back, as a failed commit does.
+            return Err(StoreError::simulated_full(&self.inner.db_path, "append"));
+        }
         tx.commit().map_err(&err)?;
         // Published only now that the commit is fsynced; still under the
         // writer lock, so concurrent appends cannot publish out of order.
@@ -467,7 +511,7 @@ impl Store {
             self.inner.last_seq.fetch_max(seq, Ordering::AcqRel);
         }
         self.inner.durable_lsn.store(lsn, Ordering::Release);
-        Ok(lsn_option(lsn))
+        Ok((lsn_option(lsn), inserted_events))
     }
 
     /// Records a resync and raises the durable LSN to the new slot's start,
@@ -636,8 +680,31 @@ impl Store {
     /// Records a success up to `seq`: cursor = max(cursor, seq), retry state
     /// cleared, `delivered` increased.
     pub fn advance(&self, name: &str, seq: i64, delivered: u64) -> Result<(), StoreError> {
-        let conn = lock(&self.inner.state);
-        let changed = conn
+        self.advance_with(name, seq, delivered, &[])
+    }
+
+    /// Like [`Store::advance`], writing `attempts` to the delivery history
+    /// in the same transaction.
+    pub fn advance_with(
+        &self,
+        name: &str,
+        seq: i64,
+        delivered: u64,
+        attempts: &[AttemptRecord],
+    ) -> Result<(), StoreError> {
+        if crate::failpoint::failpoint!("store_state_write") {
+            return Err(StoreError::simulated_full(
+                &self.inner.db_path,
+                "advance cursor",
+            ));
+        }
+        let err = self.err("advance cursor");
+        let mut conn = lock(&self.inner.state);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        history::insert(&tx, name, attempts).map_err(&err)?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE subscriptions SET cursor = max(cursor, ?2), attempts = 0,
                      next_attempt_at_ms = NULL, last_error = NULL,
@@ -645,8 +712,9 @@ impl Store {
                  WHERE name = ?1",
             )
             .and_then(|mut stmt| stmt.execute(params![name, seq, sql_u64(delivered), now_ms()]))
-            .map_err(self.err("advance cursor"))?;
-        expect_row(changed, name)
+            .map_err(&err)?;
+        expect_row(changed, name)?;
+        tx.commit().map_err(&err)
     }
 
     /// Records a failed attempt on the event after the cursor.
@@ -657,8 +725,32 @@ impl Store {
         next_attempt_at_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        let conn = lock(&self.inner.state);
-        let changed = conn
+        self.record_failure_with(name, attempts, next_attempt_at_ms, error, &[])
+    }
+
+    /// Like [`Store::record_failure`], writing `history` to the delivery
+    /// history in the same transaction.
+    pub fn record_failure_with(
+        &self,
+        name: &str,
+        attempts: u32,
+        next_attempt_at_ms: i64,
+        error: &str,
+        history: &[AttemptRecord],
+    ) -> Result<(), StoreError> {
+        if crate::failpoint::failpoint!("store_state_write") {
+            return Err(StoreError::simulated_full(
+                &self.inner.db_path,
+                "record failure",
+            ));
+        }
+        let err = self.err("record failure");
+        let mut conn = lock(&self.inner.state);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        history::insert(&tx, name, history).map_err(&err)?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE subscriptions SET attempts = ?2, next_attempt_at_ms = ?3,
                      last_error = ?4, updated_at_ms = ?5
@@ -667,8 +759,9 @@ impl Store {
             .and_then(|mut stmt| {
                 stmt.execute(params![name, attempts, next_attempt_at_ms, error, now_ms()])
             })
-            .map_err(self.err("record failure"))?;
-        expect_row(changed, name)
+            .map_err(&err)?;
+        expect_row(changed, name)?;
+        tx.commit().map_err(&err)
     }
 
     /// In one transaction: keeps a copy of `event` as a dead letter, moves
@@ -729,6 +822,12 @@ impl Store {
         body_excerpt: Option<&str>,
         cursor_to: i64,
     ) -> Result<(), StoreError> {
+        if crate::failpoint::failpoint!("store_state_write") {
+            return Err(StoreError::simulated_full(
+                &self.inner.db_path,
+                "dead-letter event",
+            ));
+        }
         let err = self.err("dead-letter event");
         let now = now_ms();
         let mut conn = lock(&self.inner.state);
@@ -794,6 +893,16 @@ impl Store {
             .query_map(params![name, sql_count(limit)], dead_letter_row)
             .map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// How many dead letters the subscription has.
+    pub fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
+        let conn = lock(&self.inner.state);
+        let n: i64 = conn
+            .prepare_cached("SELECT count(*) FROM dead_letters WHERE subscription = ?1")
+            .and_then(|mut stmt| stmt.query_row([name], |row| row.get(0)))
+            .map_err(self.err("count dead letters"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Disables the subscription with a reason (410 Gone), or re-enables it with `None`.
@@ -982,6 +1091,7 @@ fn subscription_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionState> {
         disabled_reason: row.get(5)?,
         delivered: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
         dead_lettered: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
+        paused: row.get(8)?,
     })
 }
 
