@@ -420,13 +420,16 @@ impl Sender {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
+        F: Fn(&Store, &str) -> Result<T, StoreError> + Send + Sync + 'static,
     {
+        // Shared, not cloned, between retries: a dead letter's call holds
+        // its events, and a 10 MB row must not be copied per attempt.
+        let call = Arc::new(call);
         let mut failures: u32 = 0;
         loop {
             let store = self.shared.store.clone();
             let name = self.sub.name.clone();
-            let attempt = call.clone();
+            let attempt = Arc::clone(&call);
             let source = match tokio::task::spawn_blocking(move || attempt(&store, &name)).await {
                 Ok(Ok(value)) => {
                     if failures > 0 {

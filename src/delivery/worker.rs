@@ -415,7 +415,7 @@ impl Worker {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
+        F: Fn(&Store, &str) -> Result<T, StoreError> + Send + Sync + 'static,
     {
         self.sender.store_call(action, call).await
     }

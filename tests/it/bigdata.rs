@@ -27,9 +27,9 @@ const MIB: u64 = 1024 * 1024;
 /// Copies of the largest event walhook may hold at once, over all stages: the
 /// replication message and its decoded values in capture, SQLite's record
 /// while it is stored, and per subscription the event read back, which the
-/// body borrows (plus SQLite's record of a dead letter). With two
-/// subscriptions, measured: 4.1 to 4.4 times the largest body above an idle
-/// 25 MiB.
+/// body borrows (plus SQLite's copies while a dead letter is written). With
+/// two subscriptions, measured: 3.8 to 4.8 times the largest body above an
+/// idle 30 MiB (206 to 255 MiB for a 46.7 MiB body).
 const BODY_COPIES: u64 = 5;
 
 /// walhook's own budget besides the bodies it carries: runtime, HTTP client,
