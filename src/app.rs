@@ -111,7 +111,7 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
         Ok(c) => {
             report(CheckLine {
                 ok: true,
-                text: format!("connected to {}", params.target()),
+                text: params.describe_session(&c).await,
             });
             c
         }
@@ -209,6 +209,7 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
     let Some(client) = client else {
         return Ok(());
     };
+    tracing::info!("{}", params.describe_session(&client).await);
     let mut lines = Vec::new();
     let preflight = setup::preflight(&cfg, &client, &mut |line| lines.push(line)).await;
     for line in &lines {

@@ -345,7 +345,7 @@ impl Capture {
         }
         let mut client = ReplicationClient::connect(rcfg)
             .await
-            .map_err(SourceError::Replication)?;
+            .map_err(|e| self.params.replication_error(e))?;
         let connect_timeout = self.params.connect_timeout();
         tokio::select! {
             biased;
@@ -354,7 +354,7 @@ impl Capture {
                 return Ok(());
             }
             started = tokio::time::timeout(connect_timeout, client.wait_started()) => match started {
-                Ok(started) => started.map_err(SourceError::Replication)?,
+                Ok(started) => started.map_err(|e| self.params.replication_error(e))?,
                 Err(_) => {
                     // Dropping the client would leave its worker waiting on
                     // the silent socket; abort it.
