@@ -123,7 +123,20 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
             return Err(e.into());
         }
     };
-    setup::preflight(cfg, &client, report).await?;
+    let preflight = setup::preflight(cfg, &client, report).await;
+    let replication = setup::check_replication_connection(cfg, &params).await;
+    report(match &replication {
+        Ok(text) => CheckLine {
+            ok: true,
+            text: text.clone(),
+        },
+        Err(e) => CheckLine {
+            ok: false,
+            text: e.to_string(),
+        },
+    });
+    preflight?;
+    replication?;
     Ok(())
 }
 
@@ -220,6 +233,18 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         }
     }
     let resolved = preflight?;
+    // Before anything is created: a replication connection the server
+    // refuses would otherwise fail only after the slot exists.
+    match setup::check_replication_connection(&cfg, &params).await {
+        Ok(text) => tracing::info!("check: {text}"),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "replication connection not checked; capture will retry it");
+        }
+        Err(e) => {
+            tracing::error!("check failed: {e}");
+            return Err(e.into());
+        }
+    }
 
     let store_path = cfg.store.path.clone();
     let store = blocking(move || Store::open(&store_path)).await?;
