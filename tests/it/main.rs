@@ -14,6 +14,7 @@ mod formats;
 mod harness;
 mod lanes;
 mod network;
+mod pgtls;
 mod pipeline;
 mod redaction;
 mod reload;
