@@ -433,7 +433,7 @@ impl ConnParams {
         };
         let fix = match self.tls.mode {
             tls::SslMode::Disable | tls::SslMode::Prefer | tls::SslMode::Require => {
-                "turn TLS on at the server (ssl = on), or, only on a network you trust, set sslmode=prefer or disable in source.url".to_owned()
+                "check that the server accepts TLS connections (ssl = on) and its log for the reason".to_owned()
             }
             tls::SslMode::VerifyCa => format!(
                 "check that {} holds the CA that signed the server's certificate; note that walhook's replication connection also needs the certificate to name the host '{}' (a limitation of its replication client under verify-ca): connect with a name the certificate holds",
