@@ -309,6 +309,9 @@ pub struct Config {
     /// Global delivery limits.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Log format and level.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Tables to replicate; at least one (checked by `validate`, for a clearer message).
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -342,6 +345,11 @@ pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 6;
 pub const DEFAULT_STORE_PATH: &str = "./walhook-data";
 /// How long delivered events stay replayable: a week covers a receiver's bad weekend.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the delivery history (one row per attempt) is kept: a month
+/// answers "what happened to that event last week" without growing forever.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Log level when neither `log.level` nor `RUST_LOG` says otherwise.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// The admin server is on by default because health checks need it.
 pub const DEFAULT_ADMIN_ENABLED: bool = true;
 /// Loopback only by default: the API can replay events, so exposing it is an explicit choice.
@@ -451,6 +459,8 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Backlog size (events) above which walhook warns; `None` = unbounded.
     pub max_backlog: Option<u64>,
+    /// How long the delivery history (one row per attempt) is kept.
+    pub history_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -459,6 +469,7 @@ impl Default for StoreConfig {
             path: PathBuf::from(DEFAULT_STORE_PATH),
             retention: DEFAULT_RETENTION,
             max_backlog: None,
+            history_retention: DEFAULT_HISTORY_RETENTION,
         }
     }
 }
@@ -473,6 +484,8 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token required by every route but `/healthz` and `/readyz`.
     pub token: Option<Secret>,
+    /// Networks (CIDRs, or single addresses) whose clients may connect; empty = any.
+    pub allow: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -481,8 +494,56 @@ impl Default for AdminConfig {
             enabled: DEFAULT_ADMIN_ENABLED,
             listen: DEFAULT_ADMIN_LISTEN.to_owned(),
             token: None,
+            allow: Vec::new(),
         }
     }
+}
+
+impl AdminConfig {
+    /// `allow` parsed: `10.0.0.0/8`, `192.168.1.7` (one address) or IPv6
+    /// forms; the error names the bad entry by its index.
+    pub fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, (usize, String)> {
+        self.allow
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let text = text.trim();
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| (i, text.to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// `[log]`: how walhook writes its log (to stderr).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Human-readable lines or one JSON object per line.
+    pub format: LogFormat,
+    /// A level (`info`) or a filter (`warn,walhook=debug`); `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+/// `log.format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// `[delivery]`: limits shared by all subscriptions.

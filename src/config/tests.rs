@@ -62,6 +62,13 @@ fn defaults() {
     assert_eq!(c.store.retention.get().as_secs(), 7 * 86400);
     assert!(c.admin.enabled && c.admin.token.is_none());
     assert_eq!(c.admin.listen, "127.0.0.1:9187");
+    assert!(c.admin.allow.is_empty());
+    assert_eq!(c.store.history_retention.get().as_secs(), 30 * 86400);
+    assert_eq!(c.log, LogConfig::default());
+    assert_eq!(
+        (c.log.format, c.log.level.as_str()),
+        (LogFormat::Pretty, "info")
+    );
     assert_eq!(c.delivery.max_concurrency, 256);
     let s = &c.subscriptions[0];
     assert_eq!(s.method, HttpMethod::Post);
@@ -766,4 +773,36 @@ fn unusable_tls_settings_are_config_errors() {
         assert!(err.contains("source.url"), "{url}: {err}");
         assert!(err.contains(expected), "{url}: {err}");
     }
+}
+
+#[test]
+fn admin_allow_log_and_history_retention() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[admin]\nallow = [\"10.0.0.0/8\", \"192.168.1.7\", \"::1\", \"fd00::/8\"]\n\
+         [store]\nhistory_retention = \"3d\"\n[log]\nformat = \"json\"\nlevel = \"warn,walhook=debug\"\n"
+    ))
+    .unwrap();
+    let nets = c.admin.allowed_networks().unwrap();
+    assert_eq!(nets.len(), 4);
+    assert!(nets[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!nets[1].contains(&"192.168.1.8".parse::<std::net::IpAddr>().unwrap()));
+    assert_eq!(c.store.history_retention.get().as_secs(), 3 * 86400);
+    assert_eq!(c.log.format, LogFormat::Json);
+
+    let err = error(&format!(
+        "{MINIMAL}\n[admin]\nallow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n"
+    ));
+    assert!(
+        err.starts_with("walhook.toml: admin.allow[1]: \"10.0.0.0/33\" is not a network"),
+        "{err}"
+    );
+    let err = error(&format!("{MINIMAL}\n[log]\nlevel = \"loud\"\n"));
+    assert!(err.contains("log.level: is not a log level"), "{err}");
+    let err = error(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"));
+    assert!(err.contains("unknown variant `xml`"), "{err}");
+    let err = error(&format!("{MINIMAL}\n[store]\nhistory_retention = \"0s\"\n"));
+    assert!(
+        err.contains("store.history_retention: must be greater than 0"),
+        "{err}"
+    );
 }

@@ -40,6 +40,26 @@ impl Config {
                 "is empty; set a token or remove the key",
             ));
         }
+        if let Err((i, entry)) = self.admin.allowed_networks() {
+            return Err(ConfigError::invalid(
+                format!("admin.allow[{i}]"),
+                format!(
+                    "{entry:?} is not a network; write a CIDR like \"10.0.0.0/8\" or an address like \"127.0.0.1\""
+                ),
+            ));
+        }
+        if self.store.history_retention.is_zero() {
+            return Err(ConfigError::invalid(
+                "store.history_retention",
+                "must be greater than 0; write a duration like \"30d\"",
+            ));
+        }
+        if !is_log_filter(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "is not a log level or filter; write \"error\", \"warn\", \"info\", \"debug\" or \"trace\" (or a filter like \"warn,walhook=debug\")",
+            ));
+        }
         if self.delivery.max_concurrency == 0 {
             return Err(ConfigError::invalid(
                 "delivery.max_concurrency",
@@ -92,6 +112,20 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A level name, or a filter with `target=level` parts (a bare word would
+/// otherwise be read as a target name and silently log everything of it).
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let text = text.trim();
+    if text.is_empty() {
+        return false;
+    }
+    if !text.contains(['=', ',']) {
+        return LEVELS.iter().any(|l| l.eq_ignore_ascii_case(text));
+    }
+    tracing_subscriber::EnvFilter::try_new(text).is_ok()
 }
 
 fn validate_source(source: &SourceConfig) -> Result {

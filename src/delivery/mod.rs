@@ -55,6 +55,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeliveryConfig, SubscriptionConfig};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredEvent};
 
 pub use auth::{AuthError, AuthSetupError};
@@ -208,6 +209,7 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     grace: Duration,
     clock: Clock,
+    metrics: Metrics,
 }
 
 /// Spawns and equips the per-subscription workers.
@@ -246,8 +248,16 @@ impl Deliveries {
                 shutdown,
                 grace: config.shutdown_grace.get(),
                 clock: Clock::system(),
+                metrics: Metrics::new(),
             },
         })
+    }
+
+    /// Counts attempts, latencies and dead letters in `metrics` (instead of
+    /// a private recorder nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.shared.metrics = metrics;
+        self
     }
 
     /// The shared HTTP client (for `send_test` from the admin API).

@@ -74,6 +74,7 @@ use super::{ConnParams, SourceError};
 use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
+use crate::health::Health;
 use crate::store::{Append, FormSchema, NewEvent};
 use std::collections::HashMap;
 
@@ -142,6 +143,8 @@ pub struct Capture {
     /// called with the reason when the watchdog finds the connection dead,
     /// and with `None` once a new session streams (health, tests)
     on_degraded: Option<Box<dyn Fn(Option<String>) + Send + Sync>>,
+    /// streaming state, reconnects and the last commit, for `/readyz`
+    health: Health,
 }
 
 impl Capture {
@@ -168,7 +171,14 @@ impl Capture {
             committed_schemas,
             on_streaming: None,
             on_degraded: None,
+            health: Health::new(),
         }
+    }
+
+    /// Reports the session's state into `health` (shared with the admin server).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Registers a callback run each time a session starts streaming.
@@ -185,6 +195,7 @@ impl Capture {
     }
 
     fn degraded(&self, reason: Option<String>) {
+        self.health.set_degraded(reason.clone());
         if let Some(f) = &self.on_degraded {
             f(reason);
         }
@@ -202,11 +213,16 @@ impl Capture {
             let durable_before = *self.durable.borrow();
             let mut streamed = false;
             let err = match self.session(&mut streamed).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.set_not_streaming("stopped");
+                    return Ok(());
+                }
                 Err(err) => err,
             };
             if !err.is_transient() {
-                return Err(self.explain_permanent(err).await);
+                let err = self.explain_permanent(err).await;
+                self.health.set_not_streaming(format!("stopped: {err}"));
+                return Err(err);
             }
             // A session that made progress resets the budget; one that only
             // connected does not, so a server that keeps failing right
@@ -235,6 +251,7 @@ impl Capture {
                         waited_s: since.elapsed().as_secs(),
                     };
                     tracing::error!(error = %err, "giving up on the replication slot");
+                    self.health.set_not_streaming(format!("stopped: {err}"));
                     return Err(err);
                 }
                 tracing::warn!(
@@ -244,10 +261,14 @@ impl Capture {
                 );
             } else if failures > self.cfg.source.max_connect_attempts {
                 tracing::error!(error = %err, attempts = failures - 1, "giving up on the replication connection");
-                return Err(self.explain_permanent(err).await);
+                let err = self.explain_permanent(err).await;
+                self.health.set_not_streaming(format!("stopped: {err}"));
+                return Err(err);
             } else {
                 tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
             }
+            self.health
+                .reconnecting(format!("reconnecting after: {err}"));
             tokio::select! {
                 biased;
                 _ = self.token.cancelled() => return Ok(()),
@@ -369,6 +390,7 @@ impl Capture {
         }
         *streamed = true;
         self.degraded(None);
+        self.health.set_streaming();
         tracing::info!(slot = %self.cfg.source.slot, durable = %crate::event::lsn_text(durable), "replication streaming");
         if let Some(f) = &self.on_streaming {
             f();
@@ -521,6 +543,11 @@ impl Capture {
                 let mut form_schemas = Vec::new();
                 if let Some(mut t) = tx.take() {
                     self.flush_chunk(&mut t).await?;
+                    self.health.commit_seen(
+                        t.ctx.commit_lsn,
+                        t.ctx.commit_time.clone(),
+                        crate::app::now_ms(),
+                    );
                     form_schemas = t.form_schemas;
                 }
                 for schema in &form_schemas {

@@ -34,6 +34,13 @@ pub struct ConfigText {
     pub subscriptions: String,
     pub extra_source: String,
     pub delivery: String,
+    /// Extra lines of `[admin]` (it always listens on 127.0.0.1:0, so tests
+    /// never collide on the default port).
+    pub extra_admin: String,
+    /// Extra top-level sections (`[log]`, ...), written before the tables.
+    pub extra_sections: String,
+    /// Extra lines of `[store]`.
+    pub extra_store: String,
 }
 
 impl ConfigText {
@@ -47,7 +54,29 @@ impl ConfigText {
             subscriptions: String::new(),
             extra_source: String::new(),
             delivery: String::new(),
+            extra_admin: String::new(),
+            extra_sections: String::new(),
+            extra_store: String::new(),
         }
+    }
+
+    pub fn store(mut self, line: &str) -> Self {
+        self.extra_store.push_str(line);
+        self.extra_store.push('\n');
+        self
+    }
+
+    pub fn admin(mut self, line: &str) -> Self {
+        self.extra_admin.push_str(line);
+        self.extra_admin.push('\n');
+        self
+    }
+
+    /// Adds top-level sections such as `[log]` (with their keys).
+    pub fn section(mut self, toml: &str) -> Self {
+        self.extra_sections.push_str(toml);
+        self.extra_sections.push('\n');
+        self
     }
 
     pub fn table(mut self, toml: &str) -> Self {
@@ -79,13 +108,16 @@ impl ConfigText {
 
     pub fn render(&self) -> String {
         format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n\n[delivery]\n{}\n{}\n{}",
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[delivery]\n{}\n{}\n{}\n{}",
             self.db_url,
             self.slot,
             self.slot,
             self.extra_source,
             self.store.display(),
+            self.extra_store,
+            self.extra_admin,
             self.delivery,
+            self.extra_sections,
             self.tables,
             self.subscriptions
         )
@@ -107,6 +139,8 @@ impl ConfigText {
 pub struct InProcess {
     pub token: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), Error>>,
+    /// Where its admin server listens (when `admin.enabled`).
+    pub admin: std::net::SocketAddr,
 }
 
 impl InProcess {
@@ -128,6 +162,11 @@ impl InProcess {
                 f();
             }
         }));
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an admin listener on 127.0.0.1:0");
+        let admin = admin_listener.local_addr().unwrap();
+        hooks.admin_listener = Some(admin_listener);
         let t = token.clone();
         let mut handle = tokio::spawn(async move { app::run(cfg, t, hooks).await });
         tokio::select! {
@@ -135,7 +174,16 @@ impl InProcess {
             r = &mut handle => panic!("walhook stopped before streaming: {:?}", r.unwrap()),
             _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("walhook did not start streaming within 30 s"),
         }
-        InProcess { token, handle }
+        InProcess {
+            token,
+            handle,
+            admin,
+        }
+    }
+
+    /// `http://127.0.0.1:<admin port>` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// Stops walhook cleanly and returns its result.
