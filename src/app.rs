@@ -133,7 +133,7 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
         Ok(c) => {
             report(CheckLine {
                 ok: true,
-                text: format!("connected to {}", params.target()),
+                text: params.describe_session(&c).await,
             });
             c
         }
@@ -149,7 +149,20 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
         durable: stored_durable_lsn(cfg).await,
         resync: false,
     };
-    setup::preflight(cfg, &client, expect, report).await?;
+    let preflight = setup::preflight(cfg, &client, expect, report).await;
+    let replication = setup::check_replication_connection(cfg, &params).await;
+    report(match &replication {
+        Ok(text) => CheckLine {
+            ok: true,
+            text: text.clone(),
+        },
+        Err(e) => CheckLine {
+            ok: false,
+            text: e.to_string(),
+        },
+    });
+    preflight?;
+    replication?;
     Ok(())
 }
 
@@ -317,6 +330,7 @@ async fn run_pipeline(
     let Some(client) = client else {
         return Ok(());
     };
+    tracing::info!("{}", params.describe_session(&client).await);
     let mut lines = Vec::new();
     let expect = setup::SlotExpectation {
         durable: stored_durable_lsn(&cfg).await,
@@ -337,6 +351,19 @@ async fn run_pipeline(
             return Err(err.into());
         }
     };
+    // Before anything is created: a replication connection the server
+    // refuses would otherwise fail only after the slot exists.
+    match setup::check_replication_connection(&cfg, &params).await {
+        Ok(text) => tracing::info!("check: {text}"),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "replication connection not checked; capture will retry it");
+        }
+        Err(e) => {
+            tracing::error!("check failed: {e}");
+            health.set_not_streaming(format!("a start-up check failed: {e}"));
+            return Err(e.into());
+        }
+    }
 
     let store_path = cfg.store.path.clone();
     let store = blocking(move || Store::open(&store_path)).await?;

@@ -187,7 +187,8 @@ impl Config {
 /// The database a connection string names; like libpq, the user name when
 /// no dbname is given, and `postgres` when neither is.
 fn database_name(url: &str) -> String {
-    let parsed = <tokio_postgres::Config as std::str::FromStr>::from_str(url).ok();
+    let rest = crate::source::tls::split(url).rest;
+    let parsed = <tokio_postgres::Config as std::str::FromStr>::from_str(&rest).ok();
     parsed
         .as_ref()
         .and_then(|c| c.get_dbname().or(c.get_user()))

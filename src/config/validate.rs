@@ -135,7 +135,19 @@ fn is_log_filter(text: &str) -> bool {
 }
 
 fn validate_source(source: &SourceConfig) -> Result {
-    if let Err(err) = tokio_postgres::Config::from_str(source.url.expose()) {
+    // sslmode and sslrootcert are ours to read (tokio-postgres knows neither
+    // verify-ca/verify-full nor sslrootcert); the rest is tokio-postgres's.
+    let split = crate::source::tls::split(source.url.expose());
+    let tls = split
+        .settings()
+        .map_err(|err| ConfigError::invalid("source.url", err.to_string()))?;
+    // The root certificates are read now, so a missing or broken file is a
+    // configuration error (exit 2) rather than a failed connection.
+    if tls.mode.requires_tls() {
+        crate::source::tls::load_roots(&tls.roots)
+            .map_err(|err| ConfigError::invalid("source.url", err.to_string()))?;
+    }
+    if let Err(err) = tokio_postgres::Config::from_str(&split.rest) {
         // The parser's messages can echo parts of the string (`unknown option `...``),
         // so only the option-value ones, which name a fixed option, are passed on.
         let detail = std::error::Error::source(&err)

@@ -369,7 +369,7 @@ impl Capture {
         }
         let mut client = ReplicationClient::connect(rcfg)
             .await
-            .map_err(SourceError::Replication)?;
+            .map_err(|e| self.params.replication_error(e))?;
         let connect_timeout = self.params.connect_timeout();
         tokio::select! {
             biased;
@@ -378,7 +378,7 @@ impl Capture {
                 return Ok(());
             }
             started = tokio::time::timeout(connect_timeout, client.wait_started()) => match started {
-                Ok(started) => started.map_err(SourceError::Replication)?,
+                Ok(started) => started.map_err(|e| self.params.replication_error(e))?,
                 Err(_) => {
                     // Dropping the client would leave its worker waiting on
                     // the silent socket; abort it.

@@ -10,7 +10,7 @@
 
 use tokio_postgres::Client;
 
-use super::{SlotProblem, SourceError};
+use super::{ConnParams, SlotProblem, SourceError};
 use crate::config::Config;
 
 /// Oldest server we support: pgoutput protocol v1 with TRUNCATE and the
@@ -131,6 +131,38 @@ pub async fn preflight(
     match first_error {
         Some(e) => Err(e),
         None => Ok(resolved),
+    }
+}
+
+/// Opens a replication session, authenticates and runs IDENTIFY_SYSTEM, then
+/// ends it without START_REPLICATION (so no slot or publication is needed or
+/// touched). A replication connection the server refuses, though it accepted
+/// the SQL one (its TLS check, `replication` lines of pg_hba.conf), then
+/// fails before walhook creates anything.
+pub async fn check_replication_connection(
+    cfg: &Config,
+    params: &ConnParams,
+) -> Result<String, SourceError> {
+    let rcfg = params.replication_config(&cfg.source.slot, &cfg.source.publication);
+    let mut client = pgwire_replication::ReplicationClient::connect_gated(rcfg)
+        .await
+        .map_err(|e| params.replication_error(e))?;
+    let budget = params.connect_timeout();
+    match tokio::time::timeout(budget, client.identify_system()).await {
+        // Dropping the gated client ends the session (Terminate).
+        Ok(Ok(_)) => Ok(format!(
+            "replication connection accepted (sslmode={})",
+            params.tls().mode
+        )),
+        Ok(Err(e)) => Err(params.replication_error(e)),
+        Err(_) => {
+            client.abort();
+            Err(SourceError::ConnectTimeout {
+                target: params.target(),
+                what: "replication",
+                after: budget,
+            })
+        }
     }
 }
 

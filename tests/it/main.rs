@@ -17,6 +17,7 @@ mod formats;
 mod harness;
 mod lanes;
 mod network;
+mod pgtls;
 mod pipeline;
 mod redaction;
 mod reload;

@@ -87,13 +87,13 @@ impl TestDb {
     /// A fresh database on `cluster` (from [`start_cluster`]).
     pub async fn on(cluster: Arc<TempCluster>) -> TestDb {
         let name = unique_db_name();
-        let admin = connect_url(&cluster.url("postgres")).await;
+        let admin = connect_url(&harness_conninfo(&cluster, "postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap_or_else(|err| panic!("CREATE DATABASE {name}: {}", chain(&err)));
         drop(admin);
-        let client = connect_url(&cluster.url(&name)).await;
+        let client = connect_url(&harness_conninfo(&cluster, &name)).await;
         TestDb {
             cluster,
             name,
@@ -133,12 +133,12 @@ impl TestDb {
 
     /// A new connection to this database (e.g. after the cluster was restarted).
     pub async fn connect(&self) -> Client {
-        connect_url(&self.url()).await
+        connect_url(&harness_conninfo(&self.cluster, &self.name)).await
     }
 
     /// Replaces the client with a new connection (after the cluster was restarted).
     pub async fn reconnect(&mut self) {
-        self.client = connect_url(&self.url()).await;
+        self.client = self.connect().await;
     }
 
     /// Runs one or more statements (simple protocol); panics with the SQL on error.
@@ -217,6 +217,17 @@ pub fn parse_lsn(text: &str) -> u64 {
     parse().unwrap_or_else(|| panic!("{text:?} is not an LSN (expected X/Y in hex)"))
 }
 
+/// How the harness itself reaches `db`: over TCP like walhook, or over the Unix socket
+/// when the cluster refuses plain TCP ([`TempCluster::tls_only`]), so the harness needs
+/// no TLS of its own to set up and inspect databases.
+fn harness_conninfo(cluster: &TempCluster, db: &str) -> String {
+    if cluster.tls_only() {
+        cluster.socket_conninfo(db)
+    } else {
+        cluster.url(db)
+    }
+}
+
 /// Connects and drives the connection on the current runtime.
 async fn connect_url(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
@@ -263,7 +274,18 @@ fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if scheme < at => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
-        _ => url.to_owned(),
+        // key=value form: drop the password's value.
+        _ => url
+            .split(' ')
+            .map(|part| {
+                if part.starts_with("password=") {
+                    "password=***"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
