@@ -261,7 +261,12 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         let params = params.clone();
         let every = cfg.source.heartbeat.get();
         let token = token.clone();
-        tasks.spawn(async move { heartbeat(params, every, token).await.map_err(Error::from) });
+        let (publication, slot) = (cfg.source.publication.clone(), cfg.source.slot.clone());
+        tasks.spawn(async move {
+            heartbeat(params, every, publication, slot, token)
+                .await
+                .map_err(Error::from)
+        });
     }
     {
         let store = store.clone();
