@@ -14,5 +14,6 @@ mod lanes;
 mod pipeline;
 mod reload;
 mod runner;
+mod schema;
 mod support;
 mod tls;
