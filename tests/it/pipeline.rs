@@ -514,7 +514,7 @@ async fn a_dropped_slot_with_prior_progress_stops_with_exit_4() {
     // The walsender releases the slot a moment after the client left (on
     // PostgreSQL 14 noticeably later).
     eventually(WAIT, "the slot to be released", || async {
-        (!db.slot_active(&name).await).then_some(())
+        (!db.slot_held(&name).await).then_some(())
     })
     .await;
     db.execute(&format!("SELECT pg_drop_replication_slot('{name}')"))

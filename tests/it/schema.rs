@@ -888,7 +888,7 @@ async fn a_publication_created_after_the_slot_is_refused_with_guidance() {
     // The guidance works: drop the slot, let walhook create it (after the
     // publication) on a fresh store.
     eventually(WAIT, "the slot to be released", || async {
-        (!db.slot_active(&name).await).then_some(())
+        (!db.slot_held(&name).await).then_some(())
     })
     .await;
     db.execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
