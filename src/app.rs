@@ -240,7 +240,8 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
         let store = store.clone();
-        tasks.spawn(async move { store_writer(store, writer_rx, durable_tx, seq_tx).await });
+        let token = token.clone();
+        tasks.spawn(async move { store_writer(store, writer_rx, durable_tx, seq_tx, token).await });
     }
     {
         let mut capture = Capture::new(
@@ -515,11 +516,19 @@ async fn blocking<T: Send + 'static>(
 /// Appends what capture hands over, grouping whatever is queued into one
 /// SQLite transaction, and publishes the durable LSN and the last sequence
 /// number only after that transaction committed (fsynced).
+///
+/// A full store (disk full, SQLITE_FULL) pauses instead of stopping walhook:
+/// the batch is retried with backoff until it fits ([`append_until_written`]).
+/// Meanwhile capture blocks on this task's bounded queue, the replication
+/// client stops reading (TCP backpressure holds Postgres' walsender) and
+/// keeps reporting the unchanged durable LSN, so nothing past the last
+/// durable transaction is acknowledged and Postgres keeps the WAL.
 async fn store_writer(
     store: Store,
     mut rx: mpsc::Receiver<Append>,
     durable_tx: watch::Sender<u64>,
     seq_tx: watch::Sender<i64>,
+    token: CancellationToken,
 ) -> Result<(), Error> {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -529,12 +538,13 @@ async fn store_writer(
                 Err(_) => break,
             }
         }
-        let s = store.clone();
-        let (durable, last_seq) = blocking(move || {
-            let durable = s.append(&batch)?;
-            Ok((durable, s.last_seq()?))
-        })
-        .await?;
+        let has_commit = batch.iter().any(|i| matches!(i, Append::Commit { .. }));
+        let (durable, last_seq) = append_until_written(&store, Arc::new(batch), &token).await?;
+        if has_commit && crate::failpoint::failpoint!("after_store_commit_before_ack") {
+            return Err(Error::Internal(
+                "failpoint after_store_commit_before_ack: simulated writer failure".into(),
+            ));
+        }
         if let Some(lsn) = durable {
             durable_tx.send_if_modified(|cur| {
                 let raised = lsn > *cur;
@@ -553,6 +563,57 @@ async fn store_writer(
         });
     }
     Ok(())
+}
+
+/// Appends `batch` (one transaction), retrying while the store is full;
+/// returns the durable LSN and the last seq after it. Any other store error,
+/// or shutdown while paused, ends walhook (exit 5) with nothing of the batch
+/// acknowledged: Postgres sends it again after the restart.
+async fn append_until_written(
+    store: &Store,
+    batch: Arc<Vec<Append>>,
+    token: &CancellationToken,
+) -> Result<(Option<u64>, i64), Error> {
+    let mut failures: u32 = 0;
+    let mut paused_at: Option<tokio::time::Instant> = None;
+    loop {
+        let (s, b) = (store.clone(), batch.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let durable = s.append(&b)?;
+            Ok::<_, StoreError>((durable, s.last_seq()?))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?;
+        let err = match result {
+            Ok(written) => {
+                if let Some(at) = paused_at {
+                    tracing::warn!(
+                        paused_ms = at.elapsed().as_millis() as u64,
+                        "the store is writable again; replication resumes"
+                    );
+                }
+                return Ok(written);
+            }
+            Err(err) if err.is_full() => err,
+            Err(err) => return Err(err.into()),
+        };
+        failures += 1;
+        paused_at.get_or_insert_with(tokio::time::Instant::now);
+        let durable = store.durable_lsn()?.unwrap_or(0);
+        let delay = crate::store::full_retry_delay(failures);
+        tracing::error!(
+            error = %err,
+            durable_lsn = %crate::event::lsn_text(durable),
+            attempt = failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "the store is full: replication is paused and Postgres is acknowledged nothing past the durable LSN; free space on the store's filesystem and walhook resumes by itself"
+        );
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return Err(err.into()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
 }
 
 /// Periodic store upkeep: deletes events past retention that every

@@ -35,6 +35,7 @@ pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod exit;
+pub mod failpoint;
 pub mod source;
 pub mod status;
 pub mod store;

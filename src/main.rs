@@ -9,9 +9,17 @@ use tokio_util::sync::CancellationToken;
 use walhook::app::{self, Error};
 use walhook::exit;
 
+/// `--version`; a build with test-only failpoints says so (they are never in
+/// `cargo build --release`, see `walhook::failpoint`).
+const VERSION: &str = if walhook::failpoint::COMPILED {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// PostgreSQL logical replication → signed, retried webhooks.
 #[derive(Parser)]
-#[command(name = "walhook", version, about, long_about = None)]
+#[command(name = "walhook", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -152,6 +160,9 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run { config } => {
             let cfg = walhook::config::load(&config)?;
+            if let Some(active) = walhook::failpoint::init().map_err(Error::Usage)? {
+                tracing::warn!(failpoints = %active, "test failpoints are active");
+            }
             let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
             reload_on_sighup(config, reload_tx);
             let hooks = app::Hooks {

@@ -131,6 +131,11 @@ impl Sender {
             let reason = attempt.describe(self.endpoint.timeout());
             match decision {
                 Decision::Delivered => {
+                    if crate::failpoint::failpoint!("after_2xx_before_mark") {
+                        // `error`: forget this 2xx, as a crash would, and retry.
+                        retry.pending_wait = Some(Duration::from_millis(100));
+                        continue;
+                    }
                     debug!(subscription = %self.sub.name, event_id = %id, events = count, attempt = number, "delivered");
                     *retry = RetryState::default();
                     lock(&self.streak).succeeded();
@@ -273,7 +278,9 @@ impl Sender {
         }
     }
 
-    /// Runs a blocking store call off the async threads.
+    /// Runs a blocking store call off the async threads. A full store
+    /// ([`StoreError::is_full`]) pauses the subscription: the call is retried
+    /// with backoff until it succeeds, or fails with the error on shutdown.
     pub(crate) async fn store_call<T, F>(
         &self,
         action: &'static str,
@@ -281,21 +288,46 @@ impl Sender {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
     {
-        let store = self.shared.store.clone();
-        let name = self.sub.name.clone();
-        match tokio::task::spawn_blocking(move || call(&store, &name)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(DeliveryError::Store {
+        let mut failures: u32 = 0;
+        loop {
+            let store = self.shared.store.clone();
+            let name = self.sub.name.clone();
+            let attempt = call.clone();
+            let source = match tokio::task::spawn_blocking(move || attempt(&store, &name)).await {
+                Ok(Ok(value)) => {
+                    if failures > 0 {
+                        warn!(subscription = %self.sub.name, action, "the store is writable again; delivery resumes");
+                    }
+                    return Ok(value);
+                }
+                Ok(Err(source)) => source,
+                Err(source) => {
+                    return Err(DeliveryError::StoreTask {
+                        subscription: self.sub.name.clone(),
+                        source,
+                    })
+                }
+            };
+            let store_error = |source| DeliveryError::Store {
                 subscription: self.sub.name.clone(),
                 action,
                 source: Box::new(source),
-            }),
-            Err(source) => Err(DeliveryError::StoreTask {
-                subscription: self.sub.name.clone(),
-                source,
-            }),
+            };
+            if !source.is_full() {
+                return Err(store_error(source));
+            }
+            failures += 1;
+            let delay = crate::store::full_retry_delay(failures);
+            error!(
+                subscription = %self.sub.name, action, error = %source, attempt = failures,
+                retry_in_ms = delay.as_millis() as u64,
+                "the store is full: delivery is paused; free space on the store's filesystem and walhook resumes by itself"
+            );
+            if !self.sleep_unless_cancelled(delay).await {
+                return Err(store_error(source));
+            }
         }
     }
 }

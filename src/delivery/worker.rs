@@ -386,7 +386,7 @@ impl Worker {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
     {
         self.sender.store_call(action, call).await
     }

@@ -33,7 +33,10 @@
 //! transient failures (connection errors, server restarts, SQLSTATE classes
 //! 08/53/57 and 55006 "slot is active", which happens while the server has
 //! not yet noticed our previous connection died) with exponential backoff and
-//! jitter, giving up after `source.max_connect_attempts` consecutive failures.
+//! jitter, giving up after `source.max_connect_attempts` consecutive failures;
+//! a busy slot is retried for the server's `wal_sender_timeout` plus a
+//! margin, then reported as held by another reader (exit 3), naming the
+//! holder's pid, application name and address.
 //! Anything else (authentication, a lost slot, a decode or mapping error)
 //! stops walhook with a clear error instead of looping.
 
@@ -75,10 +78,16 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// sent (and for the server to end the stream); `status_interval` is added.
 const FINAL_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long "slot is active" (SQLSTATE 55006) is retried: a bit more than
-/// Postgres's default `wal_sender_timeout` (60 s), after which the server has
-/// dropped a walsender whose client vanished.
-const SLOT_BUSY_BUDGET: Duration = Duration::from_secs(90);
+/// How long "slot is active" (SQLSTATE 55006) is retried beyond the server's
+/// `wal_sender_timeout`: by then the server has dropped a walsender whose
+/// client vanished (it checks the timeout at least twice per period), so a
+/// slot still busy belongs to a live reader.
+const SLOT_BUSY_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long "slot is active" is retried when the server's
+/// `wal_sender_timeout` cannot be read or is 0 (disabled): a bit more than
+/// its default (60 s).
+const SLOT_BUSY_FALLBACK: Duration = Duration::from_secs(90);
 
 /// Consecutive heartbeat failures after which each failure is a warning: one
 /// failure is a blip, a series means the slot may stop advancing.
@@ -146,6 +155,7 @@ impl Capture {
     pub async fn run(mut self) -> Result<(), SourceError> {
         let mut failures: u32 = 0;
         let mut first_failure: Option<Instant> = None;
+        let mut slot_busy_budget: Option<Duration> = None;
         loop {
             if self.token.is_cancelled() {
                 return Ok(());
@@ -172,22 +182,83 @@ impl Capture {
             // (and the slot, SQLSTATE 55006) until wal_sender_timeout
             // notices; wait that out instead of counting attempts.
             let slot_busy = err.sqlstate().as_deref() == Some("55006");
-            let exhausted = if slot_busy {
-                since.elapsed() > SLOT_BUSY_BUDGET
-            } else {
-                failures > self.cfg.source.max_connect_attempts
-            };
-            if exhausted {
+            let delay = reconnect_delay(failures);
+            if slot_busy {
+                let holder = self.slot_holder().await;
+                let budget = match slot_busy_budget {
+                    Some(budget) => budget,
+                    None => *slot_busy_budget.insert(self.slot_busy_budget().await),
+                };
+                if since.elapsed() > budget {
+                    let err = SourceError::SlotBusy {
+                        slot: self.cfg.source.slot.clone(),
+                        holder,
+                        waited_s: since.elapsed().as_secs(),
+                    };
+                    tracing::error!(error = %err, "giving up on the replication slot");
+                    return Err(err);
+                }
+                tracing::warn!(
+                    slot = %self.cfg.source.slot, holder = %holder, attempt = failures,
+                    delay_ms = delay.as_millis() as u64, gives_up_after_s = budget.as_secs(),
+                    "replication slot is in use by another connection: another walhook may be reading it, or the server has not yet noticed that our previous connection died; retrying"
+                );
+            } else if failures > self.cfg.source.max_connect_attempts {
                 tracing::error!(error = %err, attempts = failures - 1, "giving up on the replication connection");
                 return Err(self.explain_permanent(err).await);
+            } else {
+                tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
             }
-            let delay = reconnect_delay(failures);
-            tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
             tokio::select! {
                 biased;
                 _ = self.token.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// Who holds our slot, for the log: the walsender's pid, client
+    /// application name and address as the server shows them.
+    async fn slot_holder(&self) -> String {
+        let sql = "SELECT s.active_pid, a.application_name, a.client_addr::text \
+                   FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid \
+                   WHERE s.slot_name = $1";
+        let Ok(client) = self.params.connect_sql().await else {
+            return "holder unknown: cannot query the server".into();
+        };
+        match client.query_opt(sql, &[&self.cfg.source.slot]).await {
+            Ok(Some(row)) => match row.get::<_, Option<i32>>(0) {
+                Some(pid) => format!(
+                    "server pid {pid}, application_name '{}', client {}",
+                    row.get::<_, Option<String>>(1).unwrap_or_default(),
+                    row.get::<_, Option<String>>(2)
+                        .unwrap_or_else(|| "local socket".into())
+                ),
+                None => "released meanwhile".into(),
+            },
+            Ok(None) => "the slot no longer exists".into(),
+            Err(_) => "holder unknown: pg_replication_slots not readable".into(),
+        }
+    }
+
+    /// How long a busy slot is retried: the server's `wal_sender_timeout`
+    /// plus [`SLOT_BUSY_MARGIN`], or [`SLOT_BUSY_FALLBACK`].
+    async fn slot_busy_budget(&self) -> Duration {
+        let sql = "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'";
+        let timeout_ms = match self.params.connect_sql().await {
+            Ok(client) => client
+                .query_one(sql, &[])
+                .await
+                .ok()
+                .map(|row| row.get::<_, i64>(0)),
+            Err(_) => None,
+        };
+        match timeout_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .filter(|ms| *ms > 0)
+        {
+            Some(ms) => Duration::from_millis(ms) + SLOT_BUSY_MARGIN,
+            None => SLOT_BUSY_FALLBACK,
         }
     }
 
@@ -450,6 +521,15 @@ impl Capture {
         };
         if events.is_empty() {
             return Ok(());
+        }
+        if crate::failpoint::failpoint!("capture_after_row") {
+            // `error`: as if the stream broke here (a transient failure:
+            // capture reconnects and Postgres sends the transaction again).
+            return Err(SourceError::Replication(
+                pgwire_replication::PgWireError::Io(Arc::new(std::io::Error::other(
+                    "failpoint capture_after_row",
+                ))),
+            ));
         }
         let Some(t) = tx.as_mut() else {
             return Ok(());

@@ -58,6 +58,14 @@ pub enum SourceError {
         state: String,
         durable: String,
     },
+    /// Another connection kept the slot for longer than a dead connection of
+    /// ours could (the server's `wal_sender_timeout` and a margin).
+    #[error("replication slot '{slot}' is in use by another connection ({holder}) and stayed so for {waited_s} s, longer than the server keeps a dead connection: another walhook or consumer is reading this slot; stop it, or give this walhook its own source.slot (and store.path)")]
+    SlotBusy {
+        slot: String,
+        holder: String,
+        waited_s: u64,
+    },
     /// The replication stream failed.
     #[error("replication stream: {0}")]
     Replication(#[source] pgwire_replication::PgWireError),

@@ -76,6 +76,19 @@ impl StoreError {
         }
     }
 
+    /// The error SQLite gives when the disk is full (SQLITE_FULL), for the
+    /// `store_append`/`store_state_write` failpoints (`crate::failpoint`).
+    pub(super) fn simulated_full(path: &std::path::Path, context: &'static str) -> StoreError {
+        StoreError::Sqlite {
+            path: path.to_path_buf(),
+            context,
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("database or disk is full (simulated by a failpoint)".into()),
+            ),
+        }
+    }
+
     /// Wraps a SQLite error with the file and what the store was doing.
     pub(super) fn sqlite<'a>(
         path: &'a std::path::Path,

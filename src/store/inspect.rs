@@ -122,6 +122,25 @@ impl StoreView {
         }
         Ok(out)
     }
+
+    /// The dead letters kept for `subscription`, oldest first, as
+    /// `(event id, event JSON)`.
+    pub fn dead_letter_payloads(
+        &self,
+        subscription: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let err = StoreError::sqlite(&self.path, "read dead letters");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT event_id, payload FROM dead_letters WHERE subscription = ?1 ORDER BY id",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([subscription], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +181,15 @@ mod tests {
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].backlog, 3);
         assert_eq!(subs[0].dead_letters, 0);
+        assert!(view.dead_letter_payloads("a").unwrap().is_empty());
+        let first = store.read_after(0, 1).unwrap().remove(0);
+        store
+            .dead_letter("a", &first, 3, Some(400), "bad request", None)
+            .unwrap();
+        assert_eq!(
+            view.dead_letter_payloads("a").unwrap(),
+            vec![("0000000000000100-0000".to_string(), b"{}".to_vec())]
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

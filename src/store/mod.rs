@@ -131,6 +131,22 @@ const SELECT_DEAD_LETTERS: &str =
             op, form, commit_lsn, payload, event_stored_at_ms, row_key
      FROM dead_letters WHERE subscription = ?1 ORDER BY id LIMIT ?2";
 
+/// First wait before retrying a write that found the store full.
+const FULL_FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// Longest wait between retries of a write that found the store full, so
+/// space freed by an operator is noticed within this long.
+const FULL_MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// How long to wait before retrying a write that failed with a full store
+/// ([`StoreError::is_full`]) for the `failures`-th time in a row: doubling
+/// from 500 ms up to 30 s. A full disk pauses walhook; it does not stop it.
+pub fn full_retry_delay(failures: u32) -> Duration {
+    FULL_FIRST_RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(FULL_MAX_RETRY)
+}
+
 /// One event to append; `payload` is the event JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -441,6 +457,14 @@ impl Store {
                 .and_then(|mut stmt| stmt.execute(params![lsn_to_sql(lsn)]))
                 .map_err(&err)?;
         }
+        let commits = items.iter().any(|i| matches!(i, Append::Commit { .. }));
+        if commits && crate::failpoint::failpoint!("before_store_commit") {
+            return Err(StoreError::simulated_full(&self.inner.db_path, "append"));
+        }
+        if crate::failpoint::failpoint!("store_append") {
+            // Dropping `tx` rolls the batch back, as a failed commit does.
+            return Err(StoreError::simulated_full(&self.inner.db_path, "append"));
+        }
         tx.commit().map_err(&err)?;
         // Published only now that the commit is fsynced; still under the
         // writer lock, so concurrent appends cannot publish out of order.
@@ -574,6 +598,12 @@ impl Store {
     /// Records a success up to `seq`: cursor = max(cursor, seq), retry state
     /// cleared, `delivered` increased.
     pub fn advance(&self, name: &str, seq: i64, delivered: u64) -> Result<(), StoreError> {
+        if crate::failpoint::failpoint!("store_state_write") {
+            return Err(StoreError::simulated_full(
+                &self.inner.db_path,
+                "advance cursor",
+            ));
+        }
         let conn = lock(&self.inner.state);
         let changed = conn
             .prepare_cached(
@@ -595,6 +625,12 @@ impl Store {
         next_attempt_at_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
+        if crate::failpoint::failpoint!("store_state_write") {
+            return Err(StoreError::simulated_full(
+                &self.inner.db_path,
+                "record failure",
+            ));
+        }
         let conn = lock(&self.inner.state);
         let changed = conn
             .prepare_cached(
@@ -667,6 +703,12 @@ impl Store {
         body_excerpt: Option<&str>,
         cursor_to: i64,
     ) -> Result<(), StoreError> {
+        if crate::failpoint::failpoint!("store_state_write") {
+            return Err(StoreError::simulated_full(
+                &self.inner.db_path,
+                "dead-letter event",
+            ));
+        }
         let err = self.err("dead-letter event");
         let now = now_ms();
         let mut conn = lock(&self.inner.state);

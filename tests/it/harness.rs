@@ -189,3 +189,53 @@ async fn receiver_wait_for_reports_what_arrived() {
         .expect("put");
     receiver.wait_for(2, Duration::from_millis(200)).await;
 }
+
+/// The oracle passes a clean run (including a rolled-back transaction and deletes), and
+/// catches loss: a subscription whose filter drops key 5 is reported as having lost
+/// exactly key 5's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oracle_passes_a_clean_run_and_catches_a_filtered_key() {
+    use crate::runner::{scratch_dir, ConfigText, InProcess};
+    use crate::support::oracle::{check, settle, AckWatch, Ledger, Write};
+
+    let db = TestDb::new().await;
+    Ledger::create(&db).await;
+    let all = TestReceiver::start().await;
+    let some = TestReceiver::start().await;
+    let slot = db.slot_name();
+    let dir = scratch_dir(db.name());
+    let store = dir.join("store");
+    let cfg = ConfigText::new(&db.url(), &slot, &store)
+        .table(Ledger::TABLE_TOML)
+        .subscription("all", &all.url(), "")
+        .subscription("some", &some.url(), "filter = \"data.k != 5\"");
+    let app = InProcess::start(cfg.parse()).await;
+    let watch = AckWatch::start(&db, &slot, &store).await;
+
+    Ledger::insert(&db, 1, 20).await;
+    Ledger::bump(&db, 1, 10).await;
+    Ledger::bump(&db, 5, 6).await;
+    db.execute("BEGIN; UPDATE ledger SET seq = seq + 1 WHERE k = 7; ROLLBACK")
+        .await;
+    Ledger::delete(&db, 15, 20).await;
+
+    let verdict = settle(&db, &all, Some(&store), "all", Duration::from_secs(30)).await;
+    verdict.assert_ok(0);
+    assert_eq!(verdict.committed, 20 + 10 + 2 + 6);
+    assert_eq!(verdict.delivered, verdict.committed);
+
+    let filtered = check(&db, &some, Some(&store), "some").await;
+    let lost: Vec<(u8, i64, i64)> = filtered
+        .lost
+        .iter()
+        .map(|w: &Write| (w.op, w.k, w.seq))
+        .collect();
+    assert_eq!(
+        lost,
+        vec![(0, 5, 1), (1, 5, 2), (1, 5, 3)],
+        "the oracle must see exactly key 5 as lost"
+    );
+
+    app.stop().await.unwrap();
+    watch.finish().await.assert_ok();
+}

@@ -8,6 +8,8 @@ mod auth;
 mod batching;
 mod cli;
 mod crash;
+mod deploy;
+mod faults;
 mod formats;
 mod harness;
 mod lanes;

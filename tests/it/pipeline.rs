@@ -9,7 +9,7 @@ use crate::support::db::TestDb;
 use crate::support::receiver::TestReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// The database name doubles as slot and publication name (slots are
 /// cluster-wide, databases are per test).
@@ -34,7 +34,7 @@ fn base_config(db: &TestDb, receiver: &TestReceiver, tables: &[&str]) -> ConfigT
 }
 
 /// Independent Standard Webhooks verification of one request.
-fn verify_signature(req: &crate::support::receiver::Request) {
+pub(crate) fn verify_signature(req: &crate::support::receiver::Request) {
     use base64::Engine;
     use hmac::{Hmac, Mac};
     let header = |name: &str| -> String {

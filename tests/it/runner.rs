@@ -155,12 +155,18 @@ pub fn run_cli(args: &[&str]) -> Output {
 
 /// Spawns `walhook run -c CONFIG` as a child process, its output in `log`.
 pub fn spawn_run(config: &Path, log: &Path) -> Child {
+    spawn_run_env(config, log, &[])
+}
+
+/// Like [`spawn_run`], with extra environment variables (e.g. `WALHOOK_FAILPOINTS`).
+pub fn spawn_run_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
     Command::new(binary())
         .args(["run", "-c"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

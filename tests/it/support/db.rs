@@ -136,6 +136,11 @@ impl TestDb {
         connect_url(&self.url()).await
     }
 
+    /// Replaces the client with a new connection (after the cluster was restarted).
+    pub async fn reconnect(&mut self) {
+        self.client = connect_url(&self.url()).await;
+    }
+
     /// Runs one or more statements (simple protocol); panics with the SQL on error.
     pub async fn execute(&self, sql: &str) {
         self.client
