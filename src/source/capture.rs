@@ -603,7 +603,7 @@ pub fn publication_unusable(
     );
     if !exists {
         return SourceError::Precondition {
-            problem: format!("publication {publication} does not exist (was it dropped?){acked}"),
+            problem: format!("publication '{publication}' does not exist (was it dropped?){acked}"),
             fix: format!(
                 "recreate it (walhook creates it at start with source.manage_publication = true), then recreate the slot after it, because a slot cannot decode a publication for the time it did not exist: {recreate_slot}"
             ),
@@ -611,7 +611,7 @@ pub fn publication_unusable(
     }
     SourceError::Precondition {
         problem: format!(
-            "publication {publication} was created after replication slot {slot}, which cannot decode changes from before the publication existed{acked}"
+            "publication '{publication}' was created after replication slot '{slot}', which cannot decode changes from before the publication existed{acked}"
         ),
         fix: format!("recreate the slot after the publication: {recreate_slot}"),
     }

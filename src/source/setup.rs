@@ -131,19 +131,12 @@ pub async fn preflight(
     );
 
     let publication = publication_state(client, &cfg.source.publication).await;
-    let publication = match publication {
-        Ok(p) => p,
-        Err(e) => {
-            note(Err(e), report, &mut first_error);
-            None
-        }
-    };
     let target = Target {
         version,
         publishes_stored_generated: if cfg.source.manage_publication {
             version >= GENERATED_COLUMNS_VERSION
         } else {
-            publication.as_ref().is_some_and(|p| p.stored_generated)
+            matches!(&publication, Ok(Some(p)) if p.stored_generated)
         },
         publication: cfg.source.publication.clone(),
     };
@@ -162,11 +155,9 @@ pub async fn preflight(
         .filter(|t| t.partitioned)
         .map(|t| format!("{}.{}", t.schema, t.table))
         .collect();
-    note(
-        check_publication(cfg, publication.as_ref(), &partitioned, version),
-        report,
-        &mut first_error,
-    );
+    let publication =
+        publication.and_then(|state| check_publication(cfg, state.as_ref(), &partitioned, version));
+    note(publication, report, &mut first_error);
     note(check_slot(cfg, client).await, report, &mut first_error);
     for sub in &cfg.subscriptions {
         let state = if sub.enabled { "" } else { " (disabled)" };
@@ -952,8 +943,90 @@ pub async fn ensure_slot(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn config(manage: bool) -> Config {
+        let text = format!(
+            "[source]\nurl = \"postgres://u:p@127.0.0.1/db\"\npublication = \"pub\"\nmanage_publication = {manage}\n\
+             [[tables]]\nname = \"orders\"\n[[tables]]\nname = \"m\"\n"
+        );
+        crate::config::from_str_with_env(&text, "test.toml", &|_| None).unwrap()
+    }
+
+    fn state(tables: &[&str], via_root: bool, stored_generated: bool) -> PublicationState {
+        PublicationState {
+            tables: tables
+                .iter()
+                .map(|t| ("public".to_string(), t.to_string()))
+                .collect(),
+            missing_operations: Vec::new(),
+            via_root,
+            stored_generated,
+        }
+    }
+
+    #[test]
+    fn publication_options_follow_the_server_version() {
+        assert_eq!(
+            publication_options(170000),
+            "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
+        );
+        assert_eq!(
+            publication_options(180000),
+            "publish = 'insert, update, delete, truncate', publish_via_partition_root = true, publish_generated_columns = stored"
+        );
+    }
+
+    #[test]
+    fn a_user_publication_without_via_root_is_refused_for_partitioned_tables() {
+        let partitioned = ["public.m".to_string()];
+        // Without publish_via_partition_root the root shows as its partitions.
+        let user = state(&["orders", "m_1"], false, false);
+        let err = check_publication(&config(false), Some(&user), &partitioned, 170000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not publish via the partition root"),
+            "{err}"
+        );
+        assert!(
+            err.contains("ALTER PUBLICATION \"pub\" SET (publish_via_partition_root = true)"),
+            "{err}"
+        );
+        // No partitioned table configured: nothing to refuse.
+        let plain = state(&["orders", "m"], false, false);
+        assert!(check_publication(&config(false), Some(&plain), &[], 170000).is_ok());
+        // Managed: altered, and the root is not reported missing.
+        let text = check_publication(&config(true), Some(&user), &partitioned, 180000).unwrap();
+        assert_eq!(
+            text,
+            "publication 'pub' will be altered to publish via the partition root, publish stored generated columns"
+        );
+    }
+
+    #[test]
+    fn missing_and_complete_publications() {
+        let err = check_publication(&config(false), None, &[], 170000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("publication 'pub' does not exist"), "{err}");
+        assert_eq!(
+            check_publication(&config(true), None, &[], 170000).unwrap(),
+            "publication 'pub' will be created"
+        );
+        let full = state(&["orders", "m"], true, true);
+        assert_eq!(
+            check_publication(&config(false), Some(&full), &[], 180000).unwrap(),
+            "publication 'pub' publishes every configured table"
+        );
+        let lacking = state(&["orders"], true, false);
+        let err = check_publication(&config(false), Some(&lacking), &[], 180000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lacks \"public\".\"m\""), "{err}");
+    }
 
     #[test]
     fn quoting() {

@@ -789,7 +789,7 @@ async fn a_publication_dropped_while_running_stops_walhook_with_exit_3() {
     assert_eq!(err.exit_code(), 3, "{err}");
     let text = err.to_string();
     assert!(
-        text.contains(&format!("publication {name} does not exist")),
+        text.contains(&format!("publication '{name}' does not exist")),
         "{text}"
     );
     assert!(
@@ -830,11 +830,6 @@ async fn a_publication_created_after_the_slot_is_refused_with_guidance() {
         ))
         .await;
     db.execute("INSERT INTO late VALUES (1)").await;
-    db.execute(&format!(
-        "CREATE PUBLICATION {name} FOR TABLE late WITH (publish_via_partition_root = true)"
-    ))
-    .await;
-    db.execute("INSERT INTO late VALUES (2)").await;
     let receiver = TestReceiver::start().await;
     let store = scratch_dir(&name).join("store");
     let cfg = ConfigText::new(&db.url(), &name, &store)
@@ -842,6 +837,18 @@ async fn a_publication_created_after_the_slot_is_refused_with_guidance() {
         .source("create_slot = false")
         .table("name = \"late\"")
         .subscription("hook", &receiver.url(), "");
+    // Not made yet, and walhook is told not to make it.
+    let (code, text) = check(&cfg).await;
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains(&format!("publication '{name}' does not exist")),
+        "{text}"
+    );
+    db.execute(&format!(
+        "CREATE PUBLICATION {name} FOR TABLE late WITH (publish_via_partition_root = true)"
+    ))
+    .await;
+    db.execute("INSERT INTO late VALUES (2)").await;
     if version >= PG18 {
         // PostgreSQL 18 skips changes made before the publication existed
         // (server WARNING "skipped loading publication") instead of failing,
@@ -870,7 +877,7 @@ async fn a_publication_created_after_the_slot_is_refused_with_guidance() {
     let text = err.to_string();
     assert!(
         text.contains(&format!(
-            "publication {name} was created after replication slot {name}"
+            "publication '{name}' was created after replication slot '{name}'"
         )),
         "{text}"
     );
