@@ -20,6 +20,7 @@ use walhook::app::{self, Hooks};
 use crate::pipeline::db_name;
 use crate::runner::{eventually, run_cli, scratch_dir, ConfigText, InProcess};
 use crate::support::db::TestDb;
+use crate::support::oracle::AckWatch;
 use crate::support::receiver::TestReceiver;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -777,6 +778,7 @@ async fn a_publication_dropped_while_running_stops_walhook_with_exit_3() {
     let receiver = TestReceiver::start().await;
     let cfg = config(&db, &receiver, &["name = \"pd\""]).await;
     let wh = InProcess::start(cfg.parse()).await;
+    let acks = AckWatch::start(&db, &name, &cfg.store).await;
     db.execute("INSERT INTO pd VALUES (1)").await;
     events_through_marker(&db, &receiver, 1).await;
     db.execute(&format!("DROP PUBLICATION {name}")).await;
@@ -786,6 +788,7 @@ async fn a_publication_dropped_while_running_stops_walhook_with_exit_3() {
         .finished(WAIT)
         .await
         .expect_err("walhook stops when its publication is gone");
+    acks.finish().await.assert_ok();
     assert_eq!(err.exit_code(), 3, "{err}");
     let text = err.to_string();
     assert!(
