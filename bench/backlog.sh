@@ -97,6 +97,9 @@ manage_publication = false
 [store]
 path = "$WORK/store"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[tables]]
 name = "public.orders"
 form = "orders"

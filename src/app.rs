@@ -11,21 +11,32 @@
 //! delivery workers stop taking events and finish in-flight requests within
 //! `delivery.shutdown_grace`; the writer drains its queue and exits when
 //! capture drops its sender.
+//!
+//! The admin server (`admin`) starts first, before the database is even
+//! reached, so `/healthz` answers and `/readyz` says why walhook is not
+//! ready yet; it stops last. Its pause, resume and replay requests are
+//! carried out by the supervisor, which owns the delivery workers and
+//! stops or starts one subscription's worker at a time.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminContext, AdminError, Attached, Control};
 use crate::config::{Config, ConfigError, StartFrom, SubscriptionConfig};
 use crate::delivery::{Deliveries, DeliveryError};
 use crate::event::mapping::FormMapper;
 use crate::exit;
+use crate::health::{Health, SlotSample};
+use crate::metrics::Metrics;
 use crate::source::capture::{heartbeat, Capture};
 use crate::source::setup::{self, CheckLine};
 use crate::source::{ConnParams, SourceError};
+use crate::store::replay::ReplayOutcome;
 use crate::store::{Append, Start, Store, StoreError};
 
 /// Items queued between capture and the store writer. Each item is at most
@@ -39,8 +50,16 @@ const GROUP_COMMIT_ITEMS: usize = 64;
 /// How often the supervisor looks for replay requests filed by `walhook replay`.
 const REPLAY_POLL: Duration = Duration::from_secs(1);
 
-/// How often retention cleanup and the backlog check run.
+/// How often retention cleanup (events and delivery history) and the
+/// backlog check run; the first run is at start-up.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the slot's lag is sampled from PostgreSQL for metrics and the
+/// status page: fresh enough for a dashboard, one cheap query per interval.
+const SLOT_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long one slot sample may take before it is abandoned.
+const SLOT_SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every error that can end walhook; [`Error::exit_code`] maps it.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +76,9 @@ pub enum Error {
     /// delivery
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    /// the admin server cannot start
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// a usage error of the CLI
     #[error("{0}")]
     Usage(String),
@@ -69,7 +91,7 @@ impl Error {
     /// The process exit code for this error (DESIGN.md "CLI").
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Usage(_) => exit::CONFIG,
+            Error::Config(_) | Error::Usage(_) | Error::Admin(_) => exit::CONFIG,
             Error::Source(SourceError::SlotLost { .. }) => exit::SLOT_LOST,
             Error::Source(
                 SourceError::Decode(_) | SourceError::Map(_) | SourceError::Internal(_),
@@ -80,6 +102,22 @@ impl Error {
             Error::Delivery(DeliveryError::Store { .. }) => exit::STORE,
             Error::Delivery(_) | Error::Internal(_) => exit::UNEXPECTED,
         }
+    }
+
+    /// The message for the user: the error, and for delivery errors (whose
+    /// messages name the subscription but not the cause) each cause in turn,
+    /// e.g. why `send-test` got no answer.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        if let Error::Delivery(err) = self {
+            let mut cause = std::error::Error::source(err);
+            while let Some(err) = cause {
+                text.push_str(": ");
+                text.push_str(&err.to_string());
+                cause = err.source();
+            }
+        }
+        text
     }
 
     /// Knock-on errors lose against their cause when several tasks fail.
@@ -176,14 +214,80 @@ pub async fn replay(cfg: &Config, name: &str, what: Replay) -> Result<(), Error>
 pub struct Hooks {
     /// called each time replication starts streaming
     pub on_streaming: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// called with the reason when the receive watchdog finds the replication
+    /// connection dead (it is then replaced), and with `None` once streaming
+    /// resumes (health: "degraded")
+    pub on_degraded: Option<Arc<dyn Fn(Option<String>) + Send + Sync>>,
     /// new configurations to apply to the subscriptions (SIGHUP)
     pub reload: Option<mpsc::Receiver<Config>>,
+    /// a listener the admin server uses instead of binding `admin.listen`
+    /// (tests and the demo bind `127.0.0.1:0` and know the port)
+    pub admin_listener: Option<tokio::net::TcpListener>,
+}
+
+/// What the admin server and the tasks share: health, metrics, the running
+/// config and, once the store is open, the store and the supervisor's inbox.
+struct Observed {
+    health: Health,
+    metrics: Metrics,
+    config: Arc<watch::Sender<Arc<Config>>>,
+    attached: Arc<OnceLock<Attached>>,
 }
 
 /// Runs walhook until `token` is cancelled or a task fails.
-pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<(), Error> {
+pub async fn run(cfg: Config, token: CancellationToken, mut hooks: Hooks) -> Result<(), Error> {
     let cfg = Arc::new(cfg);
+    let observed = Observed {
+        health: Health::new(),
+        metrics: Metrics::new(),
+        config: Arc::new(watch::channel(cfg.clone()).0),
+        attached: Arc::new(OnceLock::new()),
+    };
+    // Not a child of `token`: the admin server keeps answering (readyz:
+    // not ready) while the rest drains, and stops last.
+    let admin_stop = CancellationToken::new();
+    let admin_task = if cfg.admin.enabled {
+        let listener = match hooks.admin_listener.take() {
+            Some(listener) => listener,
+            None => admin::bind(&cfg.admin.listen).await?,
+        };
+        let ctx = AdminContext {
+            health: observed.health.clone(),
+            metrics: observed.metrics.clone(),
+            config: observed.config.subscribe(),
+            attached: observed.attached.clone(),
+        };
+        Some(tokio::spawn(admin::serve(
+            listener,
+            ctx,
+            admin_stop.clone(),
+        )))
+    } else {
+        None
+    };
+    let result = run_pipeline(cfg, token, hooks, &observed).await;
+    observed.health.set_store_open(false);
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "admin server stopped"),
+            Err(err) => tracing::error!(error = %err, "admin server task failed"),
+        }
+    }
+    result
+}
+
+async fn run_pipeline(
+    cfg: Arc<Config>,
+    token: CancellationToken,
+    hooks: Hooks,
+    observed: &Observed,
+) -> Result<(), Error> {
+    let health = observed.health.clone();
+    let metrics = observed.metrics.clone();
     let params = ConnParams::from_config(&cfg.source)?;
+    health.set_not_streaming("connecting to PostgreSQL");
 
     let client = connect_with_retry(&params, &cfg, &token).await?;
     let Some(client) = client else {
@@ -198,10 +302,17 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
             tracing::error!("check failed: {}", line.text);
         }
     }
-    let resolved = preflight?;
+    let resolved = match preflight {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            health.set_not_streaming(format!("a start-up check failed: {err}"));
+            return Err(err.into());
+        }
+    };
 
     let store_path = cfg.store.path.clone();
     let store = blocking(move || Store::open(&store_path)).await?;
+    health.set_store_open(true);
     let durable = {
         let s = store.clone();
         blocking(move || s.durable_lsn()).await?
@@ -234,14 +345,28 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
     // whatever capture appended before its worker got scheduled.
     ensure_places(&store, &cfg.subscriptions).await?;
     // Built before any task starts, so a bad secret or header leaves nothing running.
-    let deliveries = Deliveries::new(store.clone(), &cfg.delivery, seq_rx, token.clone())?;
+    let deliveries = Deliveries::new(store.clone(), &cfg.delivery, seq_rx, token.clone())?
+        .with_metrics(metrics.clone());
     let workers = Workers::start(&deliveries, &cfg.subscriptions, &token)?;
+    let (control_tx, control_rx) = mpsc::channel(admin::CONTROL_QUEUE);
+    let _ = observed.attached.set(Attached {
+        store: store.clone(),
+        control: control_tx,
+    });
 
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
     {
         let store = store.clone();
+        let metrics = metrics.clone();
+        let health = health.clone();
         let token = token.clone();
-        tasks.spawn(async move { store_writer(store, writer_rx, durable_tx, seq_tx, token).await });
+        tasks.spawn(async move {
+            let result = store_writer(store, writer_rx, durable_tx, seq_tx, metrics, token).await;
+            if result.is_err() {
+                health.set_store_open(false);
+            }
+            result
+        });
     }
     {
         let mut capture = Capture::new(
@@ -252,9 +377,13 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
             writer_tx,
             durable_rx,
             token.clone(),
-        );
+        )
+        .with_health(health.clone());
         if let Some(f) = hooks.on_streaming.clone() {
             capture = capture.on_streaming(move || f());
+        }
+        if let Some(f) = hooks.on_degraded.clone() {
+            capture = capture.on_degraded(move |reason| f(reason));
         }
         tasks.spawn(async move { capture.run().await.map_err(Error::from) });
     }
@@ -270,12 +399,25 @@ pub async fn run(cfg: Config, token: CancellationToken, hooks: Hooks) -> Result<
         });
     }
     {
+        let params = params.clone();
+        let slot = cfg.source.slot.clone();
+        let (health, metrics, token) = (health.clone(), metrics.clone(), token.clone());
+        tasks.spawn(async move {
+            sample_slot(params, slot, health, metrics, token).await;
+            Ok(())
+        });
+    }
+    {
         let store = store.clone();
         let token = token.clone();
-        let reload = hooks.reload;
+        let inputs = Inputs {
+            reload: hooks.reload,
+            control: control_rx,
+            config: observed.config.clone(),
+        };
         let running = cfg.clone();
         tasks.spawn(
-            async move { supervise(workers, deliveries, store, running, reload, token).await },
+            async move { supervise(workers, deliveries, store, running, inputs, token).await },
         );
     }
     {
@@ -339,10 +481,12 @@ async fn ensure_places(store: &Store, subs: &[SubscriptionConfig]) -> Result<(),
 }
 
 /// The running delivery workers, each with its own stop token (a child of
-/// the process-wide one) so a reload can stop and restart them.
+/// the process-wide one) so the supervisor can stop and restart one
+/// subscription (pause, resume, replay) or all of them (reload).
 struct Workers {
     set: JoinSet<Result<(), DeliveryError>>,
-    stops: Vec<CancellationToken>,
+    stops: HashMap<String, CancellationToken>,
+    names: HashMap<tokio::task::Id, String>,
 }
 
 impl Workers {
@@ -352,28 +496,87 @@ impl Workers {
         subs: &[SubscriptionConfig],
         token: &CancellationToken,
     ) -> Result<Workers, DeliveryError> {
-        let mut futures = Vec::new();
-        let mut stops = Vec::new();
+        let mut prepared = Vec::new();
         for sub in subs.iter().filter(|s| s.enabled) {
             let stop = token.child_token();
-            futures.push(deliveries.worker_until(sub, stop.clone())?);
-            stops.push(stop);
+            let future = deliveries.worker_until(sub, stop.clone())?;
+            prepared.push((sub.name.clone(), stop, future));
         }
-        let mut set = JoinSet::new();
-        for f in futures {
-            set.spawn(f);
+        let mut workers = Workers {
+            set: JoinSet::new(),
+            stops: HashMap::new(),
+            names: HashMap::new(),
+        };
+        for (name, stop, future) in prepared {
+            let id = workers.set.spawn(future).id();
+            workers.names.insert(id, name.clone());
+            workers.stops.insert(name, stop);
         }
-        Ok(Workers { set, stops })
+        Ok(workers)
+    }
+
+    /// Starts the worker of `sub` unless it runs or is disabled in the config.
+    fn start_one(
+        &mut self,
+        deliveries: &Deliveries,
+        sub: &SubscriptionConfig,
+        token: &CancellationToken,
+    ) -> Result<(), DeliveryError> {
+        if !sub.enabled || self.stops.contains_key(&sub.name) {
+            return Ok(());
+        }
+        let stop = token.child_token();
+        let future = deliveries.worker_until(sub, stop.clone())?;
+        let id = self.set.spawn(future).id();
+        self.names.insert(id, sub.name.clone());
+        self.stops.insert(sub.name.clone(), stop);
+        Ok(())
+    }
+
+    /// Stops the worker of `name` (if it runs) and waits until it flushed
+    /// its place. A store error of any worker that ends meanwhile is returned.
+    async fn stop_one(&mut self, name: &str) -> Result<(), DeliveryError> {
+        let Some(stop) = self.stops.get(name) else {
+            return Ok(());
+        };
+        stop.cancel();
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let ended = self.ended(joined)?;
+            if ended.as_deref() == Some(name) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a worker that ended; its store error, if it had one.
+    /// Returns its name.
+    fn ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, Result<(), DeliveryError>), tokio::task::JoinError>,
+    ) -> Result<Option<String>, DeliveryError> {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(err) => {
+                tracing::error!(error = %err, "a delivery worker panicked");
+                (err.id(), Ok(()))
+            }
+        };
+        let name = self.names.remove(&id);
+        if let Some(name) = &name {
+            self.stops.remove(name);
+        }
+        result.map(|()| name)
     }
 
     /// Stops every worker and waits until each has flushed its place.
     async fn stop(mut self) -> Result<(), DeliveryError> {
-        for stop in &self.stops {
+        for stop in self.stops.values() {
             stop.cancel();
         }
         let mut first = Ok(());
-        while let Some(joined) = self.set.join_next().await {
-            if let Ok(Err(e)) = joined {
+        while let Some(joined) = self.set.join_next_with_id().await {
+            if let Err(e) = self.ended(joined) {
                 if first.is_ok() {
                     first = Err(e);
                 }
@@ -383,24 +586,37 @@ impl Workers {
     }
 }
 
+/// What the supervisor listens to besides its workers.
+struct Inputs {
+    /// new configurations (SIGHUP)
+    reload: Option<mpsc::Receiver<Config>>,
+    /// pause, resume and replay from the admin API
+    control: mpsc::Receiver<Control>,
+    /// where the running config is published (for the admin API)
+    config: Arc<watch::Sender<Arc<Config>>>,
+}
+
 /// Runs the delivery workers and applies reloaded configurations: every
 /// worker is stopped (each flushes its cursor), new subscriptions get their
 /// place, and the enabled ones start again from where they were. Capture is
 /// never touched; changes to `[source]`, `[store]` or `[[tables]]` need a
-/// restart and are reported as such.
+/// restart and are reported as such. It also applies replay requests (filed
+/// by `walhook replay`, polled, or by the admin API) and pauses or resumes
+/// single subscriptions for the admin API.
 async fn supervise(
     mut workers: Workers,
     deliveries: Deliveries,
     store: Store,
     mut running: Arc<Config>,
-    mut reload: Option<mpsc::Receiver<Config>>,
+    mut inputs: Inputs,
     token: CancellationToken,
 ) -> Result<(), Error> {
     let mut replay_check = tokio::time::interval(REPLAY_POLL);
     replay_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut control_open = true;
     loop {
         let next = async {
-            match reload.as_mut() {
+            match inputs.reload.as_mut() {
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             }
@@ -409,36 +625,59 @@ async fn supervise(
             biased;
             _ = token.cancelled() => break,
             _ = replay_check.tick() => {
-                let s = store.clone();
-                let pending = blocking(move || s.pending_replays()).await?;
-                if pending.is_empty() {
-                    continue;
-                }
-                // Rewinds happen while no worker runs, so no worker's
-                // in-memory position can overwrite them.
-                workers.stop().await?;
-                for req in pending {
-                    let s = store.clone();
-                    let r = req.clone();
-                    let outcome = blocking(move || s.apply_replay(&r)).await?;
-                    tracing::info!(subscription = %req.subscription, request = req.id, requeued = outcome.requeued, "replay: {}", outcome.summary);
-                }
-                workers = Workers::start(&deliveries, &running.subscriptions, &token)?;
+                apply_replays(&mut workers, &deliveries, &store, &running, &token).await?;
             }
-            joined = workers.set.join_next(), if !workers.set.is_empty() => {
-                // A worker ends by itself only when it disabled its
-                // subscription (410 Gone or disable_after; Ok) or on a store error.
-                if let Some(Ok(Err(e))) = joined {
-                    return Err(e.into());
+            control = inputs.control.recv(), if control_open => {
+                let Some(control) = control else {
+                    control_open = false;
+                    continue;
+                };
+                match control {
+                    Control::Pause { name, reply } => {
+                        let s = store.clone();
+                        let n = name.clone();
+                        if let Err(err) = blocking(move || s.set_paused(&n, true)).await {
+                            let _ = reply.send(Err(err.to_string()));
+                            continue;
+                        }
+                        workers.stop_one(&name).await?;
+                        tracing::info!(subscription = %name, "subscription paused (admin API); it stays paused across restarts until resumed");
+                        let _ = reply.send(Ok(()));
+                    }
+                    Control::Resume { name, reply } => {
+                        let s = store.clone();
+                        let n = name.clone();
+                        if let Err(err) = blocking(move || s.set_paused(&n, false)).await {
+                            let _ = reply.send(Err(err.to_string()));
+                            continue;
+                        }
+                        if let Some(sub) = running.subscriptions.iter().find(|s| s.name == name) {
+                            workers.start_one(&deliveries, sub, &token)?;
+                        }
+                        tracing::info!(subscription = %name, "subscription resumed (admin API)");
+                        let _ = reply.send(Ok(()));
+                    }
+                    Control::ApplyReplays { reply } => {
+                        let applied = apply_replays(&mut workers, &deliveries, &store, &running, &token).await?;
+                        let _ = reply.send(applied);
+                    }
+                }
+            }
+            joined = workers.set.join_next_with_id(), if !workers.set.is_empty() => {
+                // A worker ends by itself only when its subscription is
+                // disabled (410 Gone, disable_after) or paused (Ok), or on a
+                // store error.
+                if let Some(joined) = joined {
+                    workers.ended(joined)?;
                 }
             }
             new = next => {
                 let Some(new) = new else {
-                    reload = None;
+                    inputs.reload = None;
                     continue;
                 };
                 if needs_restart(&running, &new) {
-                    tracing::warn!("config reload: [source], [store], [delivery] and [[tables]] changes take effect only after a restart; applying the subscription changes");
+                    tracing::warn!("config reload: [source], [store], [delivery], [admin], [log] and [[tables]] changes take effect only after a restart; applying the subscription changes");
                 }
                 // Validate what can fail before stopping anything.
                 let probe: Result<Vec<_>, _> = new
@@ -460,11 +699,47 @@ async fn supervise(
                     "config reloaded"
                 );
                 running = Arc::new(new);
+                inputs.config.send_replace(running.clone());
             }
         }
     }
     workers.stop().await?;
     Ok(())
+}
+
+/// Applies the pending replay requests: stops the workers of the
+/// subscriptions concerned (so no in-memory position overwrites a rewind),
+/// applies the requests in order, and starts those workers again.
+async fn apply_replays(
+    workers: &mut Workers,
+    deliveries: &Deliveries,
+    store: &Store,
+    running: &Config,
+    token: &CancellationToken,
+) -> Result<Vec<(i64, ReplayOutcome)>, Error> {
+    let s = store.clone();
+    let pending = blocking(move || s.pending_replays()).await?;
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: BTreeSet<String> = pending.iter().map(|r| r.subscription.clone()).collect();
+    for name in &names {
+        workers.stop_one(name).await?;
+    }
+    let mut applied = Vec::with_capacity(pending.len());
+    for req in pending {
+        let s = store.clone();
+        let r = req.clone();
+        let outcome = blocking(move || s.apply_replay(&r)).await?;
+        tracing::info!(subscription = %req.subscription, request = req.id, requeued = outcome.requeued, "replay: {}", outcome.summary);
+        applied.push((req.id, outcome));
+    }
+    for name in &names {
+        if let Some(sub) = running.subscriptions.iter().find(|s| &s.name == name) {
+            workers.start_one(deliveries, sub, token)?;
+        }
+    }
+    Ok(applied)
 }
 
 /// Whether `new` changes anything outside `[[subscriptions]]` that matters.
@@ -475,6 +750,13 @@ fn needs_restart(old: &Config, new: &Config) -> bool {
         || old.store.path != new.store.path
         || old.delivery != new.delivery
         || old.tables != new.tables
+        || old.log != new.log
+        || old.store.history_retention != new.store.history_retention
+        || old.admin.enabled != new.admin.enabled
+        || old.admin.listen != new.admin.listen
+        || old.admin.allow != new.admin.allow
+        || old.admin.token.as_ref().map(|t| t.expose())
+            != new.admin.token.as_ref().map(|t| t.expose())
 }
 
 /// Connects for SQL, retrying transient failures with backoff; `None` when
@@ -528,6 +810,7 @@ async fn store_writer(
     mut rx: mpsc::Receiver<Append>,
     durable_tx: watch::Sender<u64>,
     seq_tx: watch::Sender<i64>,
+    metrics: Metrics,
     token: CancellationToken,
 ) -> Result<(), Error> {
     while let Some(first) = rx.recv().await {
@@ -538,8 +821,22 @@ async fn store_writer(
                 Err(_) => break,
             }
         }
+        // Counted per (form, op) before the batch moves to the store thread.
+        let mut captured: HashMap<(&str, &str), u64> = HashMap::new();
+        for item in &batch {
+            if let Append::Events(events) = item {
+                for event in events {
+                    *captured.entry((&event.form, &event.op)).or_default() += 1;
+                }
+            }
+        }
+        for ((form, op), n) in captured {
+            metrics.captured(form, op, n);
+        }
         let has_commit = batch.iter().any(|i| matches!(i, Append::Commit { .. }));
-        let (durable, last_seq) = append_until_written(&store, Arc::new(batch), &token).await?;
+        let (durable, last_seq, inserted) =
+            append_until_written(&store, Arc::new(batch), &token).await?;
+        metrics.stored(inserted);
         if has_commit && crate::failpoint::failpoint!("after_store_commit_before_ack") {
             return Err(Error::Internal(
                 "failpoint after_store_commit_before_ack: simulated writer failure".into(),
@@ -566,21 +863,22 @@ async fn store_writer(
 }
 
 /// Appends `batch` (one transaction), retrying while the store is full;
-/// returns the durable LSN and the last seq after it. Any other store error,
+/// returns the durable LSN, the last seq after it and how many events were
+/// new. Any other store error,
 /// or shutdown while paused, ends walhook (exit 5) with nothing of the batch
 /// acknowledged: Postgres sends it again after the restart.
 async fn append_until_written(
     store: &Store,
     batch: Arc<Vec<Append>>,
     token: &CancellationToken,
-) -> Result<(Option<u64>, i64), Error> {
+) -> Result<(Option<u64>, i64, u64), Error> {
     let mut failures: u32 = 0;
     let mut paused_at: Option<tokio::time::Instant> = None;
     loop {
         let (s, b) = (store.clone(), batch.clone());
         let result = tokio::task::spawn_blocking(move || {
-            let durable = s.append(&b)?;
-            Ok::<_, StoreError>((durable, s.last_seq()?))
+            let (durable, inserted) = s.append_counted(&b)?;
+            Ok::<_, StoreError>((durable, s.last_seq()?, inserted))
         })
         .await
         .map_err(|e| Error::Internal(format!("store task failed: {e}")))?;
@@ -617,13 +915,15 @@ async fn append_until_written(
 }
 
 /// Periodic store upkeep: deletes events past retention that every
-/// subscription has passed, and warns about backlogs over `store.max_backlog`.
+/// subscription has passed and delivery history past
+/// `store.history_retention`, and warns about backlogs over `store.max_backlog`.
 async fn housekeeping(
     store: Store,
     cfg: Arc<Config>,
     token: CancellationToken,
 ) -> Result<(), Error> {
     let retention = cfg.store.retention.get();
+    let history_retention = cfg.store.history_retention.get();
     let max_backlog = cfg.store.max_backlog;
     let names: Vec<String> = cfg.subscriptions.iter().map(|s| s.name.clone()).collect();
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -637,8 +937,9 @@ async fn housekeeping(
         let s = store.clone();
         let names = names.clone();
         let now_ms = now_ms();
-        let (deleted, backlogs) = blocking(move || {
+        let (deleted, history, backlogs) = blocking(move || {
             let deleted = s.prune(retention, now_ms, &names)?;
+            let history = s.prune_history(history_retention, now_ms)?;
             let mut backlogs = Vec::new();
             if max_backlog.is_some() {
                 for name in &names {
@@ -647,17 +948,114 @@ async fn housekeeping(
                     }
                 }
             }
-            Ok((deleted, backlogs))
+            Ok((deleted, history, backlogs))
         })
         .await?;
         if deleted > 0 {
             tracing::info!(deleted, "retention cleanup");
+        }
+        if history > 0 {
+            tracing::info!(
+                deleted = history,
+                "delivery history cleanup (store.history_retention)"
+            );
         }
         if let Some(max) = max_backlog {
             for (name, backlog) in backlogs.into_iter().filter(|(_, b)| *b > max) {
                 tracing::warn!(subscription = %name, backlog, max_backlog = max, "backlog above store.max_backlog; the endpoint is not keeping up");
             }
         }
+    }
+}
+
+/// Samples the slot (lag in bytes and seconds, confirmed LSN, WAL status)
+/// every [`SLOT_SAMPLE_EVERY`] into `health` and `metrics`. Failures are
+/// logged at debug level and retried with a new connection: capture reports
+/// a database that is really gone.
+async fn sample_slot(
+    params: ConnParams,
+    slot: String,
+    health: Health,
+    metrics: Metrics,
+    token: CancellationToken,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(SLOT_SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = Some(params.connect_sql().await?);
+            }
+            let Some(c) = &client else {
+                return Ok(None);
+            };
+            c.query_opt(
+                "SELECT s.active, (pg_current_wal_lsn() - s.confirmed_flush_lsn)::int8,
+                        extract(epoch FROM r.flush_lag)::float8,
+                        (s.confirmed_flush_lsn - '0/0'::pg_lsn)::int8, s.wal_status
+                 FROM pg_replication_slots s
+                 LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|source| SourceError::Sql {
+                context: "sample the replication slot".into(),
+                source,
+            })
+        };
+        let result = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            r = tokio::time::timeout(SLOT_SAMPLE_TIMEOUT, sample) => r,
+        };
+        let now = now_ms();
+        let sampled = match result {
+            Ok(Ok(Some(row))) => {
+                let active: bool = row.get(0);
+                let flush_lag: Option<f64> = row.get(2);
+                let confirmed: Option<i64> = row.get(3);
+                SlotSample {
+                    exists: true,
+                    active,
+                    lag_bytes: row.get(1),
+                    // Postgres clears flush_lag once the client caught up.
+                    lag_seconds: active.then(|| flush_lag.unwrap_or(0.0)),
+                    confirmed_flush_lsn: confirmed.and_then(|l| u64::try_from(l).ok()),
+                    wal_status: row.get(4),
+                    sampled_at_ms: now,
+                }
+            }
+            Ok(Ok(None)) => SlotSample {
+                sampled_at_ms: now,
+                ..SlotSample::default()
+            },
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "cannot sample the replication slot");
+                client = None;
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("sampling the replication slot timed out");
+                client = None;
+                continue;
+            }
+        };
+        metrics.set_slot(
+            sampled.lag_bytes,
+            sampled.lag_seconds,
+            sampled.confirmed_flush_lsn,
+        );
+        let state = health.snapshot();
+        metrics.set_replication(state.streaming, state.reconnects);
+        health.set_slot(sampled);
+        metrics.upkeep();
     }
 }
 

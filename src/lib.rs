@@ -29,6 +29,7 @@
 //! 4. Isolation: a failing endpoint never holds back the slot or another
 //!    subscription.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod delivery;
@@ -36,6 +37,8 @@ pub mod demo;
 pub mod event;
 pub mod exit;
 pub mod failpoint;
+pub mod health;
+pub mod metrics;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use walhook::app::{self, Error};
+use walhook::config::{Config, LogFormat};
 use walhook::exit;
 
 /// `--version`; a build with test-only failpoints says so (they are never in
@@ -42,6 +43,10 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
+        /// Print the effective configuration (defaults filled in, every secret
+        /// shown as ***) and exit without connecting.
+        #[arg(long)]
+        print_config: bool,
     },
     /// Deliver a sample event (op "test") to subscription NAME and print the answer.
     ///
@@ -96,14 +101,22 @@ enum Command {
     },
 }
 
-/// `default_level` applies unless `RUST_LOG` is set.
-fn init_tracing(default_level: &str) {
+/// Logs to stderr in `format`; `default_level` applies unless `RUST_LOG` is set.
+fn init_tracing(default_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        // One object per line; the event's fields at the top level.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -154,12 +167,15 @@ fn reload_on_sighup(path: PathBuf, tx: tokio::sync::mpsc::Sender<walhook::config
     });
 }
 
-async fn main_inner(cli: Cli) -> Result<(), Error> {
+async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
     match cli.command {
         Command::Run { config } => {
-            let cfg = walhook::config::load(&config)?;
+            let cfg = match loaded {
+                Some(cfg) => cfg,
+                None => walhook::config::load(&config)?,
+            };
             if let Some(active) = walhook::failpoint::init().map_err(Error::Usage)? {
                 tracing::warn!(failpoints = %active, "test failpoints are active");
             }
@@ -171,8 +187,15 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
             };
             app::run(cfg, token, hooks).await
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            print_config,
+        } => {
             let cfg = walhook::config::load(&config)?;
+            if print_config {
+                println!("{}", cfg.redacted());
+                return Ok(());
+            }
             println!("ok    config {} is valid", config.display());
             let result = app::check(&cfg, &mut |line| println!("{line}")).await;
             match &result {
@@ -190,7 +213,7 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
                     config.display()
                 )));
             };
-            let client = walhook::delivery::build_client()?;
+            let client = walhook::delivery::build_client(&cfg.delivery)?;
             let started = std::time::Instant::now();
             let status = walhook::delivery::send_test(sub, &client).await?;
             let ms = started.elapsed().as_millis();
@@ -241,11 +264,29 @@ async fn main_inner(cli: Cli) -> Result<(), Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo's own lines tell the story; walhook's logs would drown them.
-    init_tracing(match cli.command {
-        Command::Run { .. } | Command::Check { .. } => "info",
-        _ => "warn",
-    });
+    // `run` logs as its config says ([log]); so the config is read first,
+    // and a config error is reported like any other (exit 2).
+    let loaded = match &cli.command {
+        Command::Run { config } => match walhook::config::load(config) {
+            Ok(cfg) => Some(cfg),
+            Err(err) => {
+                eprintln!("walhook: {err}");
+                return ExitCode::from(Error::from(err).exit_code());
+            }
+        },
+        _ => None,
+    };
+    match &loaded {
+        Some(cfg) => init_tracing(&cfg.log.level, cfg.log.format),
+        // The demo's own lines tell the story; walhook's logs would drown them.
+        None => init_tracing(
+            match cli.command {
+                Command::Check { .. } => "info",
+                _ => "warn",
+            },
+            LogFormat::Pretty,
+        ),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -256,10 +297,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::UNEXPECTED);
         }
     };
-    match runtime.block_on(main_inner(cli)) {
+    match runtime.block_on(main_inner(cli, loaded)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            eprintln!("walhook: {err}");
+            eprintln!("walhook: {}", err.report());
             ExitCode::from(err.exit_code())
         }
     }

@@ -10,6 +10,21 @@ use serde::Serialize;
 use crate::app::Error;
 use crate::config::Config;
 use crate::store::inspect::StoreView;
+use crate::store::SubscriptionState;
+
+/// A subscription's state as `status`, the admin API and the status page
+/// name it: `off` when the config says `enabled = false`, else `disabled`
+/// (410 Gone or `disable_after`), `paused` (admin API), `new` (the store
+/// has no place for it yet) or `active`.
+pub fn subscription_state(enabled: bool, stored: Option<&SubscriptionState>) -> &'static str {
+    match stored {
+        _ if !enabled => "off",
+        Some(s) if s.disabled_reason.is_some() => "disabled",
+        Some(s) if s.paused => "paused",
+        Some(_) => "active",
+        None => "new",
+    }
+}
 
 /// How long `status` waits for the database before reporting it unreachable.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,7 +34,8 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SubscriptionStatus {
     /// name
     pub name: String,
-    /// `active`, `paused` (enabled = false), `disabled` (410 Gone or `disable_after`) or `new`
+    /// `active`, `paused` (admin API), `disabled` (410 Gone or `disable_after`),
+    /// `off` (`enabled = false`) or `new` (not in the store yet); see [`subscription_state`]
     pub state: String,
     /// events stored that it has not passed yet
     pub backlog: u64,
@@ -132,12 +148,7 @@ pub async fn collect(cfg: &Config) -> Result<StatusReport, Error> {
         .iter()
         .map(|sub| {
             let seen = subs.iter().find(|v| v.state.name == sub.name);
-            let state = match seen {
-                _ if !sub.enabled => "paused",
-                Some(v) if v.state.disabled_reason.is_some() => "disabled",
-                Some(_) => "active",
-                None => "new",
-            };
+            let state = subscription_state(sub.enabled, seen.map(|v| &v.state));
             SubscriptionStatus {
                 name: sub.name.clone(),
                 state: state.to_string(),

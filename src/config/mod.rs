@@ -18,6 +18,7 @@ mod auth;
 mod duration;
 mod interpolate;
 mod limits;
+mod network;
 mod position;
 mod secret;
 mod syntax;
@@ -43,6 +44,7 @@ pub use limits::{
     BatchConfig, ByteSize, RateLimit, DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_EVENTS,
     DEFAULT_BATCH_MAX_WAIT,
 };
+pub use network::Network;
 pub use secret::{Secret, SecretList};
 pub use tls::{load_ca_file, CaFileError, TlsConfig, DEFAULT_TLS_VERIFY};
 
@@ -162,6 +164,14 @@ pub fn from_str_with_env(
 }
 
 impl Config {
+    /// The effective configuration (defaults filled in) for `walhook check
+    /// --print-config`, with every secret as `***`: the `Debug` form, whose
+    /// impls are the ones that already keep secrets out of logs (`Secret`,
+    /// subscription URLs beyond their origin, header values, templates).
+    pub fn redacted(&self) -> String {
+        format!("{self:#?}")
+    }
+
     /// Fills defaults that depend on other keys (after `validate`):
     /// `app_id` of jiandaoyun subscriptions is the database name.
     fn fill_defaults(&mut self) {
@@ -298,6 +308,9 @@ pub struct Config {
     /// Global delivery limits.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Log format and level.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Tables to replicate; at least one (checked by `validate`, for a clearer message).
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -320,12 +333,22 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Connect timeout: long enough for a TLS handshake over a slow link, short enough to fail fast.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest silence of the replication stream that makes walhook check the
+/// connection (see [`SourceConfig::receive_timeout`]): long enough that a
+/// busy server is not mistaken for a dead network, like PostgreSQL's own
+/// `wal_receiver_timeout` (60s) halved for its ping.
+pub const MIN_DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive failed (re)connects before giving up (exit 3); with backoff about a minute of outage.
 pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 6;
 /// Store directory, relative to the working directory like the config file itself.
 pub const DEFAULT_STORE_PATH: &str = "./walhook-data";
 /// How long delivered events stay replayable: a week covers a receiver's bad weekend.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the delivery history (one row per attempt) is kept: a month
+/// answers "what happened to that event last week" without growing forever.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Log level when neither `log.level` nor `RUST_LOG` says otherwise.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// The admin server is on by default because health checks need it.
 pub const DEFAULT_ADMIN_ENABLED: bool = true;
 /// Loopback only by default: the API can replay events, so exposing it is an explicit choice.
@@ -334,6 +357,11 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 /// Time in-flight deliveries get to finish on SIGTERM (Kubernetes grants 30s in total).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Private and local addresses are reachable by default: the demo, the tests and
+/// many sidecar setups post to 127.0.0.1 or a cluster-internal service. Turn the
+/// guard on where subscription URLs come from people who must not reach the
+/// internal network (multi-tenant setups, URLs entered through an API).
+pub const DEFAULT_DENY_PRIVATE_NETWORKS: bool = false;
 /// Per-request timeout: receivers should answer fast and do slow work asynchronously.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts before an event becomes a dead letter; with the default backoff about a day.
@@ -401,6 +429,23 @@ pub struct SourceConfig {
     /// Consecutive failed (re)connects before exiting with code 3.
     #[serde(default = "default_max_connect_attempts")]
     pub max_connect_attempts: u32,
+    /// Silence of the replication stream (not even a keepalive) after which
+    /// the connection is checked and, if dead, replaced; `None` = the default
+    /// of [`SourceConfig::receive_timeout`].
+    #[serde(default)]
+    pub receive_timeout: Option<Duration>,
+}
+
+impl SourceConfig {
+    /// `receive_timeout`, or by default three heartbeats and at least
+    /// [`MIN_DEFAULT_RECEIVE_TIMEOUT`]: an idle stream carries a heartbeat
+    /// message every `heartbeat`, so three missed ones mean trouble.
+    pub fn receive_timeout(&self) -> std::time::Duration {
+        match self.receive_timeout {
+            Some(timeout) => timeout.get(),
+            None => (self.heartbeat.get() * 3).max(MIN_DEFAULT_RECEIVE_TIMEOUT.get()),
+        }
+    }
 }
 
 /// `[store]`: the embedded durable log.
@@ -413,6 +458,8 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Backlog size (events) above which walhook warns; `None` = unbounded.
     pub max_backlog: Option<u64>,
+    /// How long the delivery history (one row per attempt) is kept.
+    pub history_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -421,6 +468,7 @@ impl Default for StoreConfig {
             path: PathBuf::from(DEFAULT_STORE_PATH),
             retention: DEFAULT_RETENTION,
             max_backlog: None,
+            history_retention: DEFAULT_HISTORY_RETENTION,
         }
     }
 }
@@ -435,6 +483,8 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token required by every route but `/healthz` and `/readyz`.
     pub token: Option<Secret>,
+    /// Networks (CIDRs, or single addresses) whose clients may connect; empty = any.
+    pub allow: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -443,8 +493,56 @@ impl Default for AdminConfig {
             enabled: DEFAULT_ADMIN_ENABLED,
             listen: DEFAULT_ADMIN_LISTEN.to_owned(),
             token: None,
+            allow: Vec::new(),
         }
     }
+}
+
+impl AdminConfig {
+    /// `allow` parsed: `10.0.0.0/8`, `192.168.1.7` (one address) or IPv6
+    /// forms; the error names the bad entry by its index.
+    pub fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, (usize, String)> {
+        self.allow
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let text = text.trim();
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| (i, text.to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// `[log]`: how walhook writes its log (to stderr).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Human-readable lines or one JSON object per line.
+    pub format: LogFormat,
+    /// A level (`info`) or a filter (`warn,walhook=debug`); `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+/// `log.format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// `[delivery]`: limits shared by all subscriptions.
@@ -455,6 +553,11 @@ pub struct DeliveryConfig {
     pub max_concurrency: usize,
     /// Time in-flight deliveries get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Refuse to connect to loopback, private, link-local, CGNAT and other
+    /// non-public addresses (checked after DNS resolution, for every address).
+    pub deny_private_networks: bool,
+    /// Networks reachable even with `deny_private_networks` (they take precedence).
+    pub allow_networks: Vec<Network>,
 }
 
 impl Default for DeliveryConfig {
@@ -462,6 +565,8 @@ impl Default for DeliveryConfig {
         Self {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            deny_private_networks: DEFAULT_DENY_PRIVATE_NETWORKS,
+            allow_networks: Vec::new(),
         }
     }
 }
@@ -629,6 +734,17 @@ pub enum Format {
 }
 
 impl SubscriptionConfig {
+    /// The URL for logs and output: its origin only (`https://host:port/***`),
+    /// since paths and queries often carry tokens (Slack, Feishu, WeCom robots).
+    pub fn url_for_display(&self) -> String {
+        let rest = &self.url[url::Position::BeforePath..];
+        if rest.is_empty() || rest == "/" {
+            format!("{}/", self.url.origin().ascii_serialization())
+        } else {
+            format!("{}/***", self.url.origin().ascii_serialization())
+        }
+    }
+
     /// Whether events with `op` of `form` go to this subscription (by `ops` and `forms`
     /// only; `enabled` is checked by delivery).
     pub fn wants(&self, op: Op, form: &str) -> bool {
@@ -652,10 +768,7 @@ impl fmt::Debug for SubscriptionConfig {
             self.headers.keys().map(|k| (k.as_str(), "***")).collect();
         f.debug_struct("SubscriptionConfig")
             .field("name", &self.name)
-            .field(
-                "url",
-                &format_args!("{}/***", self.url.origin().ascii_serialization()),
-            )
+            .field("url", &format_args!("{}", self.url_for_display()))
             .field("method", &self.method)
             .field("forms", &self.forms)
             .field("ops", &self.ops)

@@ -62,6 +62,13 @@ fn defaults() {
     assert_eq!(c.store.retention.get().as_secs(), 7 * 86400);
     assert!(c.admin.enabled && c.admin.token.is_none());
     assert_eq!(c.admin.listen, "127.0.0.1:9187");
+    assert!(c.admin.allow.is_empty());
+    assert_eq!(c.store.history_retention.get().as_secs(), 30 * 86400);
+    assert_eq!(c.log, LogConfig::default());
+    assert_eq!(
+        (c.log.format, c.log.level.as_str()),
+        (LogFormat::Pretty, "info")
+    );
     assert_eq!(c.delivery.max_concurrency, 256);
     let s = &c.subscriptions[0];
     assert_eq!(s.method, HttpMethod::Post);
@@ -568,4 +575,152 @@ fn ordering_and_lanes_are_checked_naming_the_field() {
     let err = error(&with_sub("ordering = \"row\""));
     assert!(err.contains("ordering"), "{err}");
     assert!(parse(&with_sub("ordering = \"key\"\nlanes = 256")).is_ok());
+}
+
+#[test]
+fn egress_guard_is_off_by_default_and_parses_its_networks() {
+    let c = parse(&with_sub("")).unwrap();
+    assert!(!c.delivery.deny_private_networks);
+    assert!(c.delivery.allow_networks.is_empty());
+    let c = parse(&format!(
+        "{MINIMAL}\n[delivery]\ndeny_private_networks = true\nallow_networks = [\"127.0.0.1/32\", \"10.20.0.0/16\", \"fd00::1\"]\n"
+    ))
+    .unwrap();
+    assert!(c.delivery.deny_private_networks);
+    let shown: Vec<String> = c
+        .delivery
+        .allow_networks
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["127.0.0.1/32", "10.20.0.0/16", "fd00::1/128"]);
+}
+
+#[test]
+fn a_bad_allow_network_names_the_key_and_line() {
+    let err = error(&format!(
+        "{MINIMAL}\n[delivery]\nallow_networks = [\"10.0.0.0/8\", \"10.0.0.300/8\"]\n"
+    ));
+    assert!(
+        err.starts_with("walhook.toml:8:18: delivery.allow_networks: "),
+        "{err}"
+    );
+    assert!(err.contains("delivery.allow_networks"), "{err}");
+    assert!(
+        err.contains("\"10.0.0.300/8\" is not a CIDR network"),
+        "{err}"
+    );
+    let err = error(&format!(
+        "{MINIMAL}\n[delivery]\nallow_networks = [\"192.168.1.1/16\"]\n"
+    ));
+    assert!(err.contains("delivery.allow_networks"), "{err}");
+    assert!(
+        err.contains("write the network \"192.168.0.0/16\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn receive_timeout_defaults_to_three_heartbeats_but_at_least_30s() {
+    let c = parse(&with_sub("")).unwrap();
+    assert_eq!(c.source.receive_timeout, None);
+    assert_eq!(c.source.receive_timeout().as_secs(), 30);
+    let long_heartbeat = MINIMAL.replace("[source]\n", "[source]\nheartbeat = \"20s\"\n");
+    let c = parse(&long_heartbeat).unwrap();
+    assert_eq!(c.source.receive_timeout().as_secs(), 60);
+    let set = MINIMAL.replace("[source]\n", "[source]\nreceive_timeout = \"5s\"\n");
+    assert_eq!(parse(&set).unwrap().source.receive_timeout().as_secs(), 5);
+}
+
+#[test]
+fn receive_timeout_must_exceed_the_status_interval() {
+    let text = MINIMAL.replace(
+        "[source]\n",
+        "[source]\nstatus_interval = \"2s\"\nreceive_timeout = \"2s\"\n",
+    );
+    let err = error(&text);
+    assert!(
+        err.starts_with("walhook.toml: source.receive_timeout: (2s) must be longer than source.status_interval (2s)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_redacted_config_shows_defaults_and_hides_every_secret() {
+    let text = "[source]\nurl = \"postgres://walhook:${PGPASSWORD}@db.internal:5432/app\"\n\
+         [admin]\ntoken = \"admin-t0ken-123\"\n\
+         [[tables]]\nname = \"public.orders\"\n\
+         [[subscriptions]]\nname = \"a\"\nurl = \"https://hooks.example.com/services/T0/B0/url-s3cret?key=query-s3cret\"\n\
+         headers = { \"X-Token\" = \"header-s3cret\" }\nauth = { type = \"hmac\", secret = [\"${SECRET}\", \"old-hmac-s3cret\"] }\n\
+         [[subscriptions]]\nname = \"b\"\nurl = \"https://b.example.com/\"\n\
+         auth = { type = \"basic\", user = \"u\", password = \"basic-s3cret\" }\n\
+         [[subscriptions]]\nname = \"c\"\nurl = \"https://c.example.com/\"\n\
+         auth = { type = \"oauth2\", token_url = \"https://auth.example.com/token\", client_id = \"walhook\", client_secret = \"client-s3cret\" }\n\
+         [[subscriptions]]\nname = \"d\"\nurl = \"https://d.example.com/\"\nformat = \"template\"\n\
+         template = '''{\"k\": \"template-s3cret\"}'''\n\
+         auth = { type = \"jwt\", algorithm = \"HS256\", secret = \"jwt-s3cret\", issuer = \"w\", audience = \"x\" }\n\
+         [[subscriptions]]\nname = \"e\"\nurl = \"https://e.example.com/\"\n\
+         auth = { type = \"bearer\", token = \"bearer-s3cret\" }\n";
+    let shown = parse(text).unwrap().redacted();
+    for secret in [
+        "pg-Pa55word",
+        "admin-t0ken-123",
+        "url-s3cret",
+        "query-s3cret",
+        "header-s3cret",
+        "TOPSECRET-xyz",
+        "old-hmac-s3cret",
+        "basic-s3cret",
+        "client-s3cret",
+        "template-s3cret",
+        "jwt-s3cret",
+        "bearer-s3cret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    // Defaults and non-secret values are there to read.
+    for expected in [
+        "max_connect_attempts: 6",
+        "deny_private_networks: false",
+        "slot: \"walhook\"",
+        "max_attempts: 12",
+        "client_id: \"walhook\"",
+        "https://hooks.example.com/***",
+        "\"X-Token\": \"***\"",
+        "password: ***",
+    ] {
+        assert!(shown.contains(expected), "{expected} missing:\n{shown}");
+    }
+}
+
+#[test]
+fn admin_allow_log_and_history_retention() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[admin]\nallow = [\"10.0.0.0/8\", \"192.168.1.7\", \"::1\", \"fd00::/8\"]\n\
+         [store]\nhistory_retention = \"3d\"\n[log]\nformat = \"json\"\nlevel = \"warn,walhook=debug\"\n"
+    ))
+    .unwrap();
+    let nets = c.admin.allowed_networks().unwrap();
+    assert_eq!(nets.len(), 4);
+    assert!(nets[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!nets[1].contains(&"192.168.1.8".parse::<std::net::IpAddr>().unwrap()));
+    assert_eq!(c.store.history_retention.get().as_secs(), 3 * 86400);
+    assert_eq!(c.log.format, LogFormat::Json);
+
+    let err = error(&format!(
+        "{MINIMAL}\n[admin]\nallow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n"
+    ));
+    assert!(
+        err.starts_with("walhook.toml: admin.allow[1]: \"10.0.0.0/33\" is not a network"),
+        "{err}"
+    );
+    let err = error(&format!("{MINIMAL}\n[log]\nlevel = \"loud\"\n"));
+    assert!(err.contains("log.level: is not a log level"), "{err}");
+    let err = error(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"));
+    assert!(err.contains("unknown variant `xml`"), "{err}");
+    let err = error(&format!("{MINIMAL}\n[store]\nhistory_retention = \"0s\"\n"));
+    assert!(
+        err.contains("store.history_retention: must be greater than 0"),
+        "{err}"
+    );
 }

@@ -40,6 +40,26 @@ impl Config {
                 "is empty; set a token or remove the key",
             ));
         }
+        if let Err((i, entry)) = self.admin.allowed_networks() {
+            return Err(ConfigError::invalid(
+                format!("admin.allow[{i}]"),
+                format!(
+                    "{entry:?} is not a network; write a CIDR like \"10.0.0.0/8\" or an address like \"127.0.0.1\""
+                ),
+            ));
+        }
+        if self.store.history_retention.is_zero() {
+            return Err(ConfigError::invalid(
+                "store.history_retention",
+                "must be greater than 0; write a duration like \"30d\"",
+            ));
+        }
+        if !is_log_filter(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "is not a log level or filter; write \"error\", \"warn\", \"info\", \"debug\" or \"trace\" (or a filter like \"warn,walhook=debug\")",
+            ));
+        }
         if self.delivery.max_concurrency == 0 {
             return Err(ConfigError::invalid(
                 "delivery.max_concurrency",
@@ -94,6 +114,20 @@ impl Config {
     }
 }
 
+/// A level name, or a filter with `target=level` parts (a bare word would
+/// otherwise be read as a target name and silently log everything of it).
+fn is_log_filter(text: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let text = text.trim();
+    if text.is_empty() {
+        return false;
+    }
+    if !text.contains(['=', ',']) {
+        return LEVELS.iter().any(|l| l.eq_ignore_ascii_case(text));
+    }
+    tracing_subscriber::EnvFilter::try_new(text).is_ok()
+}
+
 fn validate_source(source: &SourceConfig) -> Result {
     if let Err(err) = tokio_postgres::Config::from_str(source.url.expose()) {
         // The parser's messages can echo parts of the string (`unknown option `...``),
@@ -136,6 +170,18 @@ fn validate_source(source: &SourceConfig) -> Result {
             return Err(ConfigError::invalid(
                 field,
                 "must be greater than 0; write a duration like \"10s\"",
+            ));
+        }
+    }
+    if let Some(timeout) = source.receive_timeout {
+        if timeout <= source.status_interval {
+            return Err(ConfigError::invalid(
+                "source.receive_timeout",
+                format!(
+                    "({timeout}) must be longer than source.status_interval ({}); \
+                     a few times longer, like \"30s\"",
+                    source.status_interval
+                ),
             ));
         }
     }

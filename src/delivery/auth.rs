@@ -234,6 +234,14 @@ impl Auth {
         Ok(applied)
     }
 
+    /// The OAuth2 token endpoint, the one other URL an attempt may contact.
+    pub(crate) fn token_url(&self) -> Option<&url::Url> {
+        match self {
+            Auth::OAuth2(oauth) => Some(&oauth.config.token_url),
+            _ => None,
+        }
+    }
+
     /// Tells the auth that the endpoint answered 401 to a request carrying `token`.
     pub(crate) async fn unauthorized(&self, token: Option<&Secret>) {
         if let (Auth::OAuth2(oauth), Some(token)) = (self, token) {

@@ -5,8 +5,12 @@
 //! `webhook-id` stays the event id so receivers can dedupe redeliveries. The
 //! subscription's `timeout` is a total deadline (connect, send, headers and
 //! the body we read), not a per-read timeout. Redirects are never followed.
+//! Every client is built with the egress policy (`super::egress`): with
+//! `delivery.deny_private_networks` its resolver refuses non-public addresses,
+//! and IP-literal URLs are checked here before each attempt.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,10 +18,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{Client, Method};
 
 use super::auth::{Auth, AuthError, AuthSetupError};
+use super::egress::{blocked_in, BlockedAddress, EgressPolicy, GuardedResolver};
 use super::render::RenderError;
 use super::retry::Outcome;
 use super::DeliveryError;
-use crate::config::{load_ca_file, HttpMethod, SubscriptionConfig};
+use crate::config::{load_ca_file, DeliveryConfig, HttpMethod, SubscriptionConfig};
 use tracing::warn;
 
 /// `user-agent` of every request.
@@ -45,30 +50,65 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 
+/// The HTTP client deliveries share, with the egress policy it enforces.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client,
+    egress: Arc<EgressPolicy>,
+}
+
+impl HttpClient {
+    /// The reqwest client (its resolver already applies the policy).
+    pub(crate) fn inner(&self) -> &Client {
+        &self.client
+    }
+
+    /// The policy, for the subscriptions' own clients and IP-literal checks.
+    pub(crate) fn egress(&self) -> &Arc<EgressPolicy> {
+        &self.egress
+    }
+}
+
 /// Builds the one client shared by every worker (and by `send_test`):
-/// rustls, keep-alive pooling, no redirects.
-pub fn build_client() -> Result<Client, DeliveryError> {
-    client_builder().build().map_err(DeliveryError::Client)
+/// rustls, keep-alive pooling, no redirects, `[delivery]`'s egress policy.
+pub fn build_client(config: &DeliveryConfig) -> Result<HttpClient, DeliveryError> {
+    let egress = Arc::new(EgressPolicy::from_config(config));
+    let client = client_builder(&egress)
+        .build()
+        .map_err(DeliveryError::Client)?;
+    Ok(HttpClient { client, egress })
 }
 
 /// The shared client's settings, for per-subscription TLS clients too.
-fn client_builder() -> reqwest::ClientBuilder {
-    Client::builder()
+fn client_builder(egress: &Arc<EgressPolicy>) -> reqwest::ClientBuilder {
+    let builder = Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
-        .tcp_keepalive(TCP_KEEPALIVE)
+        .tcp_keepalive(TCP_KEEPALIVE);
+    if egress.is_active() {
+        // Through a proxy the address finally connected to is the proxy's
+        // choice, which the guard cannot see: connect directly.
+        builder
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver::system(egress.clone())))
+    } else {
+        builder
+    }
 }
 
 /// A subscription's own client when it has `tls` settings: extra roots from
 /// `ca_file`, or no certificate checks with `verify = false` (warned about).
-fn tls_client(sub: &SubscriptionConfig) -> Result<Option<Client>, DeliveryError> {
+fn tls_client(
+    sub: &SubscriptionConfig,
+    egress: &Arc<EgressPolicy>,
+) -> Result<Option<Client>, DeliveryError> {
     let Some(tls) = &sub.tls else {
         return Ok(None);
     };
-    let mut builder = client_builder();
+    let mut builder = client_builder(egress);
     if let Some(path) = &tls.ca_file {
         let certs = load_ca_file(path).map_err(|source| DeliveryError::CaFile {
             subscription: sub.name.clone(),
@@ -118,6 +158,8 @@ pub(crate) enum Attempt {
     Unsendable(UnsendableError),
     /// The request could not be authenticated (an OAuth2 token fetch failed).
     Auth(AuthError),
+    /// The egress policy refused the destination (endpoint or token URL).
+    Blocked(BlockedAddress),
 }
 
 impl Attempt {
@@ -138,6 +180,7 @@ impl Attempt {
             // A token endpoint that fails is retried like an unreachable receiver.
             Attempt::Auth(err) if err.is_timeout() => Outcome::Timeout,
             Attempt::Auth(_) => Outcome::Transport,
+            Attempt::Blocked(_) => Outcome::Blocked,
         }
     }
 
@@ -179,6 +222,7 @@ impl Attempt {
             Attempt::Failed(err) => error_chain(err),
             Attempt::Unsendable(err) => error_chain(err),
             Attempt::Auth(err) => error_chain(err),
+            Attempt::Blocked(blocked) => blocked.to_string(),
         }
     }
 }
@@ -205,11 +249,17 @@ pub(crate) struct Endpoint {
     timeout: Duration,
     /// The subscription's own client (it has `tls` settings), used instead of the shared one.
     client: Option<Client>,
+    /// Checks IP-literal hosts (host names are checked by the clients' resolver).
+    egress: Arc<EgressPolicy>,
 }
 
 impl Endpoint {
-    /// Validates headers and secrets; errors name the subscription.
-    pub(crate) fn new(sub: &SubscriptionConfig) -> Result<Self, DeliveryError> {
+    /// Validates headers and secrets; errors name the subscription. `egress`
+    /// must be the shared client's policy.
+    pub(crate) fn new(
+        sub: &SubscriptionConfig,
+        egress: &Arc<EgressPolicy>,
+    ) -> Result<Self, DeliveryError> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
@@ -246,7 +296,8 @@ impl Endpoint {
             headers,
             auth,
             timeout: sub.timeout.get(),
-            client: tls_client(sub)?,
+            client: tls_client(sub, egress)?,
+            egress: egress.clone(),
         })
     }
 
@@ -265,6 +316,14 @@ impl Endpoint {
         templated: &HeaderMap,
     ) -> Attempt {
         let client = self.client.as_ref().unwrap_or(client);
+        // IP literals never reach the guarded resolver: check them first,
+        // before an OAuth2 token is fetched from a blocked token_url.
+        let literal = std::iter::once(&self.url).chain(self.auth.token_url());
+        for url in literal {
+            if let Err(blocked) = self.egress.check_url(url) {
+                return Attempt::Blocked(blocked);
+            }
+        }
         let mut headers = self.headers.clone();
         // Rendered header templates replace their configured raw values.
         for (name, value) in templated {
@@ -281,7 +340,12 @@ impl Endpoint {
             .await
         {
             Ok(applied) => applied,
-            Err(err) => return Attempt::Auth(err),
+            Err(err) => {
+                if let Some(blocked) = blocked_in(&err) {
+                    return Attempt::Blocked(blocked.clone());
+                }
+                return Attempt::Auth(err);
+            }
         };
         for (name, value) in applied.headers {
             headers.insert(name, value);
@@ -296,8 +360,13 @@ impl Endpoint {
             .await;
         let response = match sent {
             Ok(response) => response,
-            // The URL may carry a token (chat robots put keys in the query).
-            Err(err) => return Attempt::Failed(err.without_url()),
+            Err(err) => {
+                if let Some(blocked) = blocked_in(&err) {
+                    return Attempt::Blocked(blocked.clone());
+                }
+                // The URL may carry a token (chat robots put keys in the query).
+                return Attempt::Failed(err.without_url());
+            }
         };
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
@@ -395,8 +464,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
+        let egress = Arc::new(EgressPolicy::default());
         let endpoint =
-            tracing::subscriber::with_default(subscriber, || Endpoint::new(&sub).unwrap());
+            tracing::subscriber::with_default(subscriber, || Endpoint::new(&sub, &egress).unwrap());
         let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
         (endpoint, text)
     }

@@ -318,6 +318,8 @@ impl Dispatcher<'_> {
     async fn flush_if_moved(&mut self) -> Result<(), DeliveryError> {
         if self.worker.cursor > self.worker.persisted {
             self.worker.maybe_flush().await?;
+        } else {
+            self.worker.flush_history_if_due().await?;
         }
         Ok(())
     }

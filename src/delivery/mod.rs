@@ -30,6 +30,7 @@
 
 mod auth;
 mod batch;
+mod egress;
 mod http;
 mod lanes;
 mod rate;
@@ -54,10 +55,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeliveryConfig, SubscriptionConfig};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredEvent};
 
 pub use auth::{AuthError, AuthSetupError};
-pub use http::{build_client, UnsendableError};
+pub use egress::{non_public, BlockedAddress, EgressPolicy};
+pub use http::{build_client, HttpClient, UnsendableError};
 pub use lanes::lane_of;
 pub use render::{FilterError, RenderError};
 pub use sign::{signature_header, InvalidSecret, SigningKey};
@@ -162,6 +165,15 @@ pub enum DeliveryError {
         #[source]
         source: AuthError,
     },
+    /// The egress policy refused the test request's destination.
+    #[error("the test request to subscription '{subscription}' was not sent")]
+    Blocked {
+        /// The subscription.
+        subscription: String,
+        /// Which address and why.
+        #[source]
+        source: BlockedAddress,
+    },
     /// The test request got no HTTP answer (timeout, connection refused, TLS).
     #[error("the test request to subscription '{subscription}' got no answer")]
     Send {
@@ -191,12 +203,13 @@ impl Clock {
 #[derive(Clone)]
 pub(crate) struct Shared {
     store: Store,
-    client: reqwest::Client,
+    client: HttpClient,
     limiter: Arc<Semaphore>,
     appended: watch::Receiver<i64>,
     shutdown: CancellationToken,
     grace: Duration,
     clock: Clock,
+    metrics: Metrics,
 }
 
 /// Spawns and equips the per-subscription workers.
@@ -229,18 +242,26 @@ impl Deliveries {
         Ok(Deliveries {
             shared: Shared {
                 store,
-                client: build_client()?,
+                client: build_client(config)?,
                 limiter: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
                 appended,
                 shutdown,
                 grace: config.shutdown_grace.get(),
                 clock: Clock::system(),
+                metrics: Metrics::new(),
             },
         })
     }
 
+    /// Counts attempts, latencies and dead letters in `metrics` (instead of
+    /// a private recorder nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.shared.metrics = metrics;
+        self
+    }
+
     /// The shared HTTP client (for `send_test` from the admin API).
-    pub fn client(&self) -> &reqwest::Client {
+    pub fn client(&self) -> &HttpClient {
         &self.shared.client
     }
 
@@ -283,7 +304,7 @@ impl Deliveries {
         shutdown: CancellationToken,
     ) -> Result<impl Future<Output = Result<(), DeliveryError>> + Send + 'static, DeliveryError>
     {
-        let endpoint = http::Endpoint::new(sub)?;
+        let endpoint = http::Endpoint::new(sub, self.shared.client.egress())?;
         let renderer = renderer(sub)?;
         let mut shared = self.shared.clone();
         shared.shutdown = shutdown;
@@ -311,11 +332,12 @@ const TEST_FORM: &str = "walhook_test";
 
 /// Delivers one synthetic event with op `test` (same headers and signature as
 /// real events, a fresh id) and returns the receiver's status, whatever it is.
+/// `client` (from [`build_client`]) brings the egress policy.
 pub async fn send_test(
     sub: &SubscriptionConfig,
-    client: &reqwest::Client,
+    client: &HttpClient,
 ) -> Result<u16, DeliveryError> {
-    let endpoint = http::Endpoint::new(sub)?;
+    let endpoint = http::Endpoint::new(sub, client.egress())?;
     let now = SystemTime::now();
     let event = test_event(sub, now);
     let unsendable = |source: UnsendableError| DeliveryError::Unsendable {
@@ -327,7 +349,7 @@ pub async fn send_test(
         .map_err(|e| unsendable(e.into()))?;
     match endpoint
         .send(
-            client,
+            client.inner(),
             &event.id,
             worker::unix_secs(now),
             rendered.body,
@@ -342,6 +364,10 @@ pub async fn send_test(
         }),
         http::Attempt::Unsendable(source) => Err(unsendable(source)),
         http::Attempt::Auth(source) => Err(DeliveryError::Authenticate {
+            subscription: sub.name.clone(),
+            source,
+        }),
+        http::Attempt::Blocked(source) => Err(DeliveryError::Blocked {
             subscription: sub.name.clone(),
             source,
         }),

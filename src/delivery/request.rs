@@ -8,9 +8,16 @@
 //! subscription) and the global semaphore (in `Shared`). The retry state of
 //! the request being delivered ([`RetryState`]) belongs to the caller: the
 //! commit worker has one, each lane has its own.
+//!
+//! Every attempt is counted in the subscription's metrics and recorded for
+//! the delivery history (`store::history`): a failure, dead letter or
+//! disable writes the buffered history with its own state change; delivered
+//! attempts wait in the buffer for the worker's next cursor flush
+//! ([`Sender::take_history`]), so they cost no commit of their own.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
@@ -23,7 +30,20 @@ use super::streak::FailureStreak;
 use super::worker::{unix_ms, unix_secs, Worker};
 use super::{DeliveryError, Shared};
 use crate::config::SubscriptionConfig;
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::metrics::SubscriptionMetrics;
+use crate::store::{AttemptOutcome, AttemptRecord, Store, StoreError, StoredEvent};
+
+/// Delivered attempts buffered for the history are written by the worker's
+/// next flush, or on their own once this many are waiting (lanes whose
+/// cursor is held back by a stuck key do not flush the cursor).
+pub(crate) const HISTORY_FLUSH_ROWS: usize = 64;
+
+/// Attempts not yet written to the history.
+#[derive(Debug, Default)]
+struct HistoryBuffer {
+    rows: Vec<AttemptRecord>,
+    since: Option<Instant>,
+}
 
 /// Failed attempts of the request being delivered, and the backoff before its next attempt.
 #[derive(Debug, Default, Clone, Copy)]
@@ -67,6 +87,8 @@ pub(crate) struct Sender {
     pub(crate) shared: Shared,
     rate: Option<Arc<Mutex<RateLimiter>>>,
     streak: Arc<Mutex<FailureStreak>>,
+    metrics: SubscriptionMetrics,
+    history: Arc<Mutex<HistoryBuffer>>,
 }
 
 impl Sender {
@@ -81,6 +103,8 @@ impl Sender {
                 .rate_limit
                 .map(|limit| Arc::new(Mutex::new(RateLimiter::new(limit)))),
             streak: Arc::new(Mutex::new(FailureStreak::new(sub.disable_after))),
+            metrics: shared.metrics.subscription(&sub.name),
+            history: Arc::new(Mutex::new(HistoryBuffer::default())),
             sub: Arc::new(sub),
             endpoint: Arc::new(endpoint),
             renderer: Arc::new(renderer),
@@ -112,10 +136,10 @@ impl Sender {
                     return Ok(Done::Stopped);
                 }
             }
-            let attempt = match unsendable.take() {
-                Some(err) => Attempt::Unsendable(err),
+            let (attempt, took) = match unsendable.take() {
+                Some(err) => (Attempt::Unsendable(err), Duration::ZERO),
                 None => match self.send(&id, &rendered).await {
-                    Some(attempt) => attempt,
+                    Some(sent) => sent,
                     None => return Ok(Done::Stopped),
                 },
             };
@@ -129,6 +153,38 @@ impl Sender {
                 &mut rand::rng(),
             );
             let reason = attempt.describe(self.endpoint.timeout());
+            let outcome = match decision {
+                Decision::Delivered => AttemptOutcome::Delivered,
+                Decision::Retry(_) => AttemptOutcome::Retry,
+                Decision::DeadLetter => AttemptOutcome::DeadLetter,
+                Decision::Disable => AttemptOutcome::Disabled,
+            };
+            let latencies: Vec<Duration> = if outcome == AttemptOutcome::Delivered {
+                events
+                    .iter()
+                    .filter_map(|e| commit_latency(&e.payload, now))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let now_ms = unix_ms(now);
+            self.metrics
+                .attempt(outcome, took, number > 1, &latencies, now_ms);
+            let record = AttemptRecord {
+                event_id: id.clone(),
+                op: first.op.clone(),
+                form: first.form.clone(),
+                events: u32::try_from(count).unwrap_or(u32::MAX),
+                attempt: number,
+                outcome,
+                status: attempt.status(),
+                duration_ms: i64::try_from(took.as_millis()).unwrap_or(i64::MAX),
+                latency_ms: latencies
+                    .first()
+                    .map(|l| i64::try_from(l.as_millis()).unwrap_or(i64::MAX)),
+                error: (outcome != AttemptOutcome::Delivered).then(|| reason.clone()),
+                at_ms: now_ms,
+            };
             match decision {
                 Decision::Delivered => {
                     if crate::failpoint::failpoint!("after_2xx_before_mark") {
@@ -137,6 +193,7 @@ impl Sender {
                         continue;
                     }
                     debug!(subscription = %self.sub.name, event_id = %id, events = count, attempt = number, "delivered");
+                    self.buffer_history(record);
                     *retry = RetryState::default();
                     lock(&self.streak).succeeded();
                     return Ok(Done::Delivered);
@@ -154,8 +211,10 @@ impl Sender {
                     let next_at = unix_ms(now)
                         .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                     let recorded = reason.clone();
+                    let mut history = self.take_history();
+                    history.push(record);
                     self.store_call("record a failed attempt", move |s, name| {
-                        s.record_failure(name, number, next_at, &recorded)
+                        s.record_failure_with(name, number, next_at, &recorded, &history)
                     })
                     .await?;
                     retry.attempts = number;
@@ -181,8 +240,12 @@ impl Sender {
                     let excerpt = attempt.excerpt().map(str::to_owned);
                     let recorded = reason.clone();
                     let events = events.to_vec();
+                    let mut history = self.take_history();
+                    history.push(record);
+                    self.metrics.dead_lettered(events.len() as u64);
                     // One dead letter per event, each with the batch's reason.
                     self.store_call("store a dead letter", move |s, name| {
+                        s.record_attempts(name, &history)?;
                         for event in &events {
                             let excerpt = excerpt.as_deref();
                             if move_cursor {
@@ -205,8 +268,10 @@ impl Sender {
                 Decision::Disable => {
                     error!(
                         subscription = %self.sub.name, event_id = %id, attempt = number,
-                        status = attempt.status(), "endpoint is gone; subscription disabled"
+                        status = attempt.status(), error = %reason, "endpoint is gone; subscription disabled"
                     );
+                    // Written by the worker's flush before it disables the subscription.
+                    self.buffer_history(record);
                     return Ok(Done::Disable(format!(
                         "endpoint answered {reason} to event {id}; fix the subscription's url, \
                          then reload walhook (SIGHUP) or restart it to re-enable the subscription"
@@ -214,6 +279,30 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// Adds a finished attempt to the history buffer.
+    fn buffer_history(&self, record: AttemptRecord) {
+        let mut buffer = lock(&self.history);
+        buffer.since.get_or_insert_with(Instant::now);
+        buffer.rows.push(record);
+    }
+
+    /// Takes the attempts not yet written to the history.
+    pub(crate) fn take_history(&self) -> Vec<AttemptRecord> {
+        let mut buffer = lock(&self.history);
+        buffer.since = None;
+        std::mem::take(&mut buffer.rows)
+    }
+
+    /// Whether buffered attempts should be written even without a cursor
+    /// move: many are waiting, or the oldest waited `max_wait`.
+    pub(crate) fn history_due(&self, max_wait: Duration) -> bool {
+        let buffer = lock(&self.history);
+        buffer.rows.len() >= HISTORY_FLUSH_ROWS
+            || buffer
+                .since
+                .is_some_and(|since| since.elapsed() >= max_wait)
     }
 
     /// The disable reason for a `disable_after` streak, logged once.
@@ -230,9 +319,9 @@ impl Sender {
         )
     }
 
-    /// One HTTP attempt under the rate limit and the global limit; None when
-    /// shutdown stopped it.
-    async fn send(&self, id: &str, rendered: &Rendered) -> Option<Attempt> {
+    /// One HTTP attempt under the rate limit and the global limit, and how
+    /// long the request itself took; None when shutdown stopped it.
+    async fn send(&self, id: &str, rendered: &Rendered) -> Option<(Attempt, Duration)> {
         if let Some(rate) = &self.rate {
             let wait = lock(rate).reserve(Instant::now());
             if !wait.is_zero() && !self.sleep_unless_cancelled(wait).await {
@@ -246,8 +335,9 @@ impl Sender {
             permit = self.shared.limiter.clone().acquire_owned() => permit.ok()?,
         };
         let timestamp = unix_secs(self.shared.clock.now());
+        let started = Instant::now();
         let request = self.endpoint.send(
-            &self.shared.client,
+            self.shared.client.inner(),
             id,
             timestamp,
             rendered.body.clone(),
@@ -266,7 +356,7 @@ impl Sender {
             }
         };
         drop(permit);
-        Some(attempt)
+        Some((attempt, started.elapsed()))
     }
 
     /// Sleeps for `wait`; false if shutdown came first.
@@ -330,6 +420,24 @@ impl Sender {
             }
         }
     }
+}
+
+/// Time from the event's commit (`source.commit_time` in its JSON) to `now`;
+/// None for events without one (or a clock that went backwards).
+fn commit_latency(payload: &[u8], now: SystemTime) -> Option<Duration> {
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow)]
+        source: Option<Source<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Source<'a> {
+        #[serde(borrow)]
+        commit_time: Option<Cow<'a, str>>,
+    }
+    let event: Event<'_> = serde_json::from_slice(payload).ok()?;
+    let committed = humantime::parse_rfc3339(&event.source?.commit_time?).ok()?;
+    now.duration_since(committed).ok()
 }
 
 fn round_ms(d: Duration) -> Duration {

@@ -4,6 +4,9 @@
 //! subscription; every other status (3xx included: redirects are not
 //! followed), timeouts and connection errors are retried with exponential
 //! backoff until `retry.max_attempts`, then the event becomes a dead letter.
+//! A body that cannot be rendered and a destination the egress policy refuses
+//! (`delivery.deny_private_networks`) are dead letters at once: sending again
+//! cannot succeed until the config changes.
 //! 429 and 503 honour `Retry-After` (delta-seconds or an HTTP date): the next
 //! attempt comes no earlier than the receiver asked, and no earlier than the
 //! backoff schedule either, so an overloaded receiver still sees the delays
@@ -39,6 +42,8 @@ pub enum Outcome<'a> {
     Transport,
     /// The body could not be rendered; sending again cannot help.
     Unrenderable,
+    /// The egress policy refused the destination; sending again cannot help.
+    Blocked,
 }
 
 /// What the worker does next with the event.
@@ -75,7 +80,7 @@ pub fn decide(
         // 1xx/3xx/4xx/5xx, timeouts and connection errors are all retried:
         // a receiver's 400 is often a passing misconfiguration (Svix, 简道云).
         Outcome::Status { .. } | Outcome::Timeout | Outcome::Transport => None,
-        Outcome::Unrenderable => return Decision::DeadLetter,
+        Outcome::Unrenderable | Outcome::Blocked => return Decision::DeadLetter,
     };
     if attempt >= retry.max_attempts {
         return Decision::DeadLetter;
@@ -275,6 +280,7 @@ mod tests {
             (Outcome::Transport, 2, "retry"),
             (Outcome::Transport, 6, "dead"),
             (Outcome::Unrenderable, 1, "dead"),
+            (Outcome::Blocked, 1, "dead"),
         ];
         for (outcome, attempt, want) in table {
             assert_eq!(

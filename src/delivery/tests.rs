@@ -207,13 +207,16 @@ struct Harness {
 
 impl Harness {
     fn new(grace: &str) -> Harness {
+        Harness::with_config(json!({"max_concurrency": 16, "shutdown_grace": grace}))
+    }
+
+    /// A harness whose `[delivery]` section is `config` (JSON).
+    fn with_config(config: serde_json::Value) -> Harness {
         let dir = TestDir::new();
         let store = Store::open(&dir.0).unwrap();
         let (appended, rx) = watch::channel(0);
         let shutdown = CancellationToken::new();
-        let config: DeliveryConfig =
-            serde_json::from_value(json!({"max_concurrency": 16, "shutdown_grace": grace}))
-                .unwrap();
+        let config: DeliveryConfig = serde_json::from_value(config).unwrap();
         let deliveries = Deliveries::new(store.clone(), &config, rx, shutdown.clone()).unwrap();
         Harness {
             store,
@@ -596,6 +599,150 @@ async fn redirects_are_not_followed() {
 }
 
 #[tokio::test]
+async fn a_redirect_to_another_port_is_never_followed() {
+    let target = Receiver::start(vec![], Reply::Status(200)).await;
+    let to: &'static str = Box::leak(target.url("/stolen").into_boxed_str());
+    let receiver = Receiver::start(vec![], Reply::Redirect(to)).await;
+    let mut h = Harness::new("1s");
+    let sub = subscription(
+        "moved",
+        &receiver.url("/start"),
+        json!({"retry": {"max_attempts": 3, "initial": "10ms", "max": "10ms"}}),
+    );
+    h.spawn(&[sub]);
+    h.append_n(1);
+    h.wait_state("moved", "dead letter", |s| s.dead_lettered == 1)
+        .await;
+    let dead = h.dead_letters("moved");
+    assert_eq!(dead[0].status, Some(308));
+    assert_eq!(dead[0].attempts, 3, "each 308 is a failed attempt");
+    assert_eq!(receiver.hits().len(), 3);
+    assert!(
+        target.hits().is_empty(),
+        "the redirect target on another port was hit"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn deny_private_networks_dead_letters_loopback_at_once_without_connecting() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let port = receiver.base.rsplit(':').next().unwrap().to_owned();
+    let mut h = Harness::with_config(json!({"deny_private_networks": true}));
+    let retry = json!({"retry": {"max_attempts": 5, "initial": "10ms", "max": "10ms"}});
+    let subs = [
+        ("literal", format!("http://127.0.0.1:{port}/")),
+        ("named", format!("http://localhost:{port}/")),
+        ("v6", format!("http://[::1]:{port}/")),
+        ("mapped", format!("http://[::ffff:127.0.0.1]:{port}/")),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+        ),
+        ("rfc1918", "http://10.0.0.1/".to_owned()),
+    ];
+    let configs: Vec<_> = subs
+        .iter()
+        .map(|(name, url)| subscription(name, url, retry.clone()))
+        .collect();
+    h.spawn(&configs);
+    h.append_n(1);
+    for (name, _) in &subs {
+        h.wait_state(name, "dead letter", |s| s.dead_lettered == 1)
+            .await;
+        let dead = h.dead_letters(name);
+        assert_eq!(dead[0].attempts, 1, "{name}: blocked is not retried");
+        assert_eq!(dead[0].status, None, "{name}");
+        assert!(
+            dead[0].reason.starts_with("blocked: ")
+                && dead[0]
+                    .reason
+                    .ends_with("; allow it in delivery.allow_networks"),
+            "{name}: {}",
+            dead[0].reason
+        );
+    }
+    let reason = |name: &str| h.dead_letters(name)[0].reason.clone();
+    assert!(reason("literal").contains("127.0.0.1 is a loopback address"));
+    assert!(reason("named").starts_with("blocked: localhost resolves to "));
+    assert!(reason("v6").contains("::1 is a loopback address"));
+    assert!(reason("mapped").contains("is a loopback address"));
+    assert!(reason("metadata").contains("169.254.169.254 is a link-local address"));
+    assert!(reason("rfc1918").contains("10.0.0.1 is a private address"));
+    assert!(
+        receiver.hits().is_empty(),
+        "a blocked request reached the receiver"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn allow_networks_lets_a_listed_private_receiver_through() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let port = receiver.base.rsplit(':').next().unwrap().to_owned();
+    let mut h = Harness::with_config(json!({
+        "deny_private_networks": true,
+        "allow_networks": ["127.0.0.1/32"],
+    }));
+    let retry = json!({"retry": {"max_attempts": 1, "initial": "10ms", "max": "10ms"}});
+    h.spawn(&[
+        subscription(
+            "literal",
+            &format!("http://127.0.0.1:{port}/a"),
+            retry.clone(),
+        ),
+        // localhost may also resolve to ::1, which stays blocked: 127.0.0.1 is used.
+        subscription(
+            "named",
+            &format!("http://localhost:{port}/b"),
+            retry.clone(),
+        ),
+        subscription("other", &format!("http://127.0.0.2:{port}/c"), retry),
+    ]);
+    h.append_n(1);
+    h.wait_state("literal", "delivered", |s| s.delivered == 1)
+        .await;
+    h.wait_state("named", "delivered", |s| s.delivered == 1)
+        .await;
+    h.wait_state("other", "dead letter", |s| s.dead_lettered == 1)
+        .await;
+    assert!(h.dead_letters("other")[0]
+        .reason
+        .contains("127.0.0.2 is a loopback address"));
+    let mut paths: Vec<String> = receiver.hits().into_iter().map(|hit| hit.path).collect();
+    paths.sort();
+    assert_eq!(paths, ["/a", "/b"]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn send_test_reports_a_blocked_destination() {
+    let client =
+        build_client(&serde_json::from_value(json!({"deny_private_networks": true})).unwrap())
+            .unwrap();
+    let sub = subscription("probe", "http://[::1]:9/", json!({}));
+    let err = send_test(&sub, &client).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Blocked { .. }), "{err:?}");
+    let oauth = subscription(
+        "probe",
+        "https://hooks.example.com/",
+        json!({"auth": {"type": "oauth2", "token_url": "http://10.1.2.3/token",
+                        "client_id": "c", "client_secret": "s"}}),
+    );
+    let err = send_test(&oauth, &client).await.unwrap_err();
+    match err {
+        DeliveryError::Blocked { source, .. } => {
+            assert_eq!(
+                source.addr.to_string(),
+                "10.1.2.3",
+                "the token URL is checked"
+            )
+        }
+        other => panic!("expected Blocked, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_hanging_receiver_hits_the_timeout() {
     let receiver = Receiver::start(vec![], Reply::Hang).await;
     let mut h = Harness::new("1s");
@@ -774,7 +921,7 @@ async fn send_test_delivers_a_signed_test_event() {
         &receiver.url("/t"),
         json!({"forms": ["orders"], "auth": {"type": "hmac", "secret": SECRET}}),
     );
-    let client = build_client().unwrap();
+    let client = build_client(&DeliveryConfig::default()).unwrap();
     assert_eq!(send_test(&sub, &client).await.unwrap(), 202);
     let hits = receiver.wait_hits(1).await;
     let body: serde_json::Value = serde_json::from_slice(&hits[0].body).unwrap();
@@ -798,7 +945,7 @@ fn debug_output_never_shows_secrets() {
             "auth": {"type": "hmac", "secret": "plain-secret-789"}
         }),
     );
-    let endpoint = http::Endpoint::new(&sub).unwrap();
+    let endpoint = http::Endpoint::new(&sub, &Arc::new(EgressPolicy::default())).unwrap();
     let shown = format!("{endpoint:?}");
     for secret in ["url-token-123", "header-token-456", "plain-secret-789"] {
         assert!(!shown.contains(secret), "{shown}");
@@ -813,7 +960,7 @@ fn invalid_secret_fails_before_anything_runs() {
         "http://127.0.0.1:1/",
         json!({"auth": {"type": "hmac", "secret": "whsec_!!!"}}),
     );
-    let err = http::Endpoint::new(&sub).unwrap_err();
+    let err = http::Endpoint::new(&sub, &Arc::new(EgressPolicy::default())).unwrap_err();
     assert!(matches!(err, DeliveryError::Secret { .. }));
     assert!(err.to_string().contains("subscriptions.broken.auth.secret"));
 }
@@ -1051,4 +1198,118 @@ async fn a_success_resets_the_failure_streak() {
     assert_eq!(state.delivered, 1);
     assert_eq!(receiver.hits().len(), 6);
     h.stop().await;
+}
+
+// ---------------------------------------------------------------- deadlines and leaks
+
+/// A raw TCP server on its own threads (outside the test's runtime, so it adds no
+/// tasks there): `hang` reads and never answers; otherwise it answers one byte of an
+/// HTTP response every 20 ms. Counts connections accepted and still open.
+struct RawServer {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+}
+
+impl RawServer {
+    fn start(hang: bool) -> RawServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicU64::new(0));
+        let (a, o) = (accepted.clone(), open.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    if hang {
+                        // Until the client closes its side.
+                        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                    } else {
+                        let _ = stream.read(&mut buf);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-padding: ";
+                        let endless = answer.iter().copied().chain(std::iter::repeat(b'a'));
+                        for byte in endless.take(10_000) {
+                            if stream.write_all(&[byte]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawServer {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Rows 24/25 in-process: 100 attempts against a receiver that never answers and one
+/// that dribbles its headers each end at the total deadline as failed attempts, and
+/// leave no task of this runtime and no connection behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_attempts_leave_no_tasks_or_connections_behind() {
+    let hang = RawServer::start(true);
+    let loris = RawServer::start(false);
+    let mut h = Harness::new("1s");
+    let patient = json!({"timeout": "50ms", "retry": {"max_attempts": 100000, "initial": "1ms", "max": "1ms"}});
+    h.spawn(&[
+        subscription("hang", &format!("http://{}/", hang.addr), patient.clone()),
+        subscription("loris", &format!("http://{}/", loris.addr), patient),
+    ]);
+    h.append_n(1);
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let wait_attempts = |n: u64| {
+        let (hang, loris) = (&hang, &loris);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        async move {
+            while hang.accepted() < n || loris.accepted() < n {
+                assert!(Instant::now() < deadline, "fewer than {n} attempts each");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_attempts(10).await;
+    let tasks_before = metrics.num_alive_tasks();
+    wait_attempts(110).await;
+    let tasks_after = metrics.num_alive_tasks();
+    assert!(
+        tasks_after <= tasks_before + 2,
+        "live tasks grew from {tasks_before} to {tasks_after} over 100 timed-out attempts"
+    );
+    for name in ["hang", "loris"] {
+        let state = h.state(name);
+        assert_eq!(state.delivered, 0, "{name}: {state:?}");
+        assert!(state.attempts >= 100, "{name}: {state:?}");
+        assert_eq!(
+            state.last_error.as_deref(),
+            Some("request timed out after 50ms"),
+            "{name}"
+        );
+    }
+    h.stop().await;
+    // Stopped workers closed their last connection too.
+    let deadline = Instant::now() + WAIT;
+    while hang.open.load(Ordering::SeqCst) + loris.open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "connections left open: hang {}, loris {}",
+            hang.open.load(Ordering::SeqCst),
+            loris.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -138,6 +138,10 @@ impl Worker {
             warn!(subscription = %self.sub.name, reason = %reason, "subscription is disabled in the store; not delivering");
             return Ok(());
         }
+        if state.paused {
+            info!(subscription = %self.sub.name, "subscription is paused (admin API); not delivering until it is resumed");
+            return Ok(());
+        }
         self.cursor = state.cursor;
         self.persisted = state.cursor;
         self.read_pos = state.cursor;
@@ -359,16 +363,18 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes the coalesced cursor advance, if any.
+    /// Writes the coalesced cursor advance, if any, with the attempts
+    /// waiting for the delivery history.
     pub(crate) async fn flush(&mut self) -> Result<(), DeliveryError> {
+        let history = self.sender.take_history();
         if self.cursor <= self.persisted && self.unflushed_delivered == 0 {
             self.unflushed_events = 0;
             self.dirty_since = None;
-            return Ok(());
+            return self.write_history(history).await;
         }
         let (seq, delivered) = (self.cursor, self.unflushed_delivered);
         self.store_call("advance its cursor", move |s, name| {
-            s.advance(name, seq, delivered)
+            s.advance_with(name, seq, delivered, &history)
         })
         .await?;
         self.persisted = seq;
@@ -376,6 +382,29 @@ impl Worker {
         self.unflushed_events = 0;
         self.dirty_since = None;
         Ok(())
+    }
+
+    /// Writes buffered attempts on their own when they are due (used while
+    /// the cursor cannot move, e.g. behind a stuck lane).
+    pub(super) async fn flush_history_if_due(&mut self) -> Result<(), DeliveryError> {
+        if self.sender.history_due(FLUSH_INTERVAL) {
+            let history = self.sender.take_history();
+            self.write_history(history).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_history(
+        &self,
+        history: Vec<crate::store::AttemptRecord>,
+    ) -> Result<(), DeliveryError> {
+        if history.is_empty() {
+            return Ok(());
+        }
+        self.store_call("record delivery attempts", move |s, name| {
+            s.record_attempts(name, &history)
+        })
+        .await
     }
 
     /// Runs a blocking store call off the async threads.

@@ -133,8 +133,17 @@ retry = {{ max_attempts = 5, initial = "200ms", max = "2s" }}
     let app_token = token.child_token();
     let streaming = Arc::new(Notify::new());
     let s = streaming.clone();
+    // The admin server on a free port, so a demo never collides with a
+    // walhook already on 9187.
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Internal(format!("demo: cannot listen on 127.0.0.1: {e}")))?;
+    if let Ok(addr) = admin.local_addr() {
+        println!("walhook demo: status page on http://{addr}/ (metrics: http://{addr}/metrics)");
+    }
     let hooks = Hooks {
         on_streaming: Some(Arc::new(move || s.notify_one())),
+        admin_listener: Some(admin),
         ..Hooks::default()
     };
     let mut app_task = tokio::spawn(app::run(cfg, app_token.clone(), hooks));

@@ -39,6 +39,28 @@
 //! holder's pid, application name and address.
 //! Anything else (authentication, a lost slot, a decode or mapping error)
 //! stops walhook with a clear error instead of looping.
+//!
+//! # Silent connections
+//!
+//! A network path can die without an error: packets are dropped, nothing
+//! resets the connection, and reads just wait (a black hole). Writes still
+//! succeed into the kernel's buffer, so pgwire-replication (which has no read
+//! timeout) would wait forever while the slot holds WAL. Two guards:
+//!
+//! - Connecting, including authentication and START_REPLICATION, must finish
+//!   within `source.connect_timeout`.
+//! - A receive watchdog: an idle stream still carries our heartbeat message
+//!   every `source.heartbeat`, so when nothing at all (not even a keepalive)
+//!   arrived for `source.receive_timeout` the connection is checked: over a
+//!   fresh SQL connection, is our slot's walsender alive and has it heard our
+//!   status updates (`pg_stat_replication.reply_time`) within the timeout? If
+//!   the check cannot connect or says no, the session is torn down (reported
+//!   as degraded, with a warning) and reconnected; the old walsender is
+//!   dropped by the server's `wal_sender_timeout`. If it says yes, the server
+//!   is only busy (decoding a large transaction of unpublished tables sends
+//!   nothing for a while) and the stream is kept: pgwire-replication cannot
+//!   send PostgreSQL's reply-requested ping, which is how PostgreSQL's own
+//!   receivers tell the two cases apart, so we ask over SQL instead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +74,7 @@ use super::{ConnParams, SourceError};
 use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
+use crate::health::Health;
 use crate::store::{Append, FormSchema, NewEvent};
 use std::collections::HashMap;
 
@@ -117,6 +140,11 @@ pub struct Capture {
     committed_schemas: HashMap<String, String>,
     /// called once each session is streaming (readiness, tests)
     on_streaming: Option<Box<dyn Fn() + Send + Sync>>,
+    /// called with the reason when the watchdog finds the connection dead,
+    /// and with `None` once a new session streams (health, tests)
+    on_degraded: Option<Box<dyn Fn(Option<String>) + Send + Sync>>,
+    /// streaming state, reconnects and the last commit, for `/readyz`
+    health: Health,
 }
 
 impl Capture {
@@ -142,13 +170,35 @@ impl Capture {
             last_sent,
             committed_schemas,
             on_streaming: None,
+            on_degraded: None,
+            health: Health::new(),
         }
+    }
+
+    /// Reports the session's state into `health` (shared with the admin server).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Registers a callback run each time a session starts streaming.
     pub fn on_streaming(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_streaming = Some(Box::new(f));
         self
+    }
+
+    /// Registers a callback told when the connection is found dead by the
+    /// receive watchdog (`Some(reason)`) and when streaming resumes (`None`).
+    pub fn on_degraded(mut self, f: impl Fn(Option<String>) + Send + Sync + 'static) -> Self {
+        self.on_degraded = Some(Box::new(f));
+        self
+    }
+
+    fn degraded(&self, reason: Option<String>) {
+        self.health.set_degraded(reason.clone());
+        if let Some(f) = &self.on_degraded {
+            f(reason);
+        }
     }
 
     /// Runs sessions until cancelled or a permanent error occurs.
@@ -163,11 +213,16 @@ impl Capture {
             let durable_before = *self.durable.borrow();
             let mut streamed = false;
             let err = match self.session(&mut streamed).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.set_not_streaming("stopped");
+                    return Ok(());
+                }
                 Err(err) => err,
             };
             if !err.is_transient() {
-                return Err(self.explain_permanent(err).await);
+                let err = self.explain_permanent(err).await;
+                self.health.set_not_streaming(format!("stopped: {err}"));
+                return Err(err);
             }
             // A session that made progress resets the budget; one that only
             // connected does not, so a server that keeps failing right
@@ -196,6 +251,7 @@ impl Capture {
                         waited_s: since.elapsed().as_secs(),
                     };
                     tracing::error!(error = %err, "giving up on the replication slot");
+                    self.health.set_not_streaming(format!("stopped: {err}"));
                     return Err(err);
                 }
                 tracing::warn!(
@@ -205,10 +261,14 @@ impl Capture {
                 );
             } else if failures > self.cfg.source.max_connect_attempts {
                 tracing::error!(error = %err, attempts = failures - 1, "giving up on the replication connection");
-                return Err(self.explain_permanent(err).await);
+                let err = self.explain_permanent(err).await;
+                self.health.set_not_streaming(format!("stopped: {err}"));
+                return Err(err);
             } else {
                 tracing::warn!(error = %err, attempt = failures, delay_ms = delay.as_millis() as u64, "replication connection lost; reconnecting");
             }
+            self.health
+                .reconnecting(format!("reconnecting after: {err}"));
             tokio::select! {
                 biased;
                 _ = self.token.cancelled() => return Ok(()),
@@ -321,20 +381,38 @@ impl Capture {
         let mut client = ReplicationClient::connect(rcfg)
             .await
             .map_err(SourceError::Replication)?;
+        let connect_timeout = self.params.connect_timeout();
         tokio::select! {
             biased;
             _ = self.token.cancelled() => {
                 client.abort();
                 return Ok(());
             }
-            started = client.wait_started() => started.map_err(SourceError::Replication)?,
+            started = tokio::time::timeout(connect_timeout, client.wait_started()) => match started {
+                Ok(started) => started.map_err(SourceError::Replication)?,
+                Err(_) => {
+                    // Dropping the client would leave its worker waiting on
+                    // the silent socket; abort it.
+                    client.abort();
+                    return Err(SourceError::ConnectTimeout {
+                        target: self.params.target(),
+                        what: "replication",
+                        after: connect_timeout,
+                    });
+                }
+            },
         }
         *streamed = true;
+        self.degraded(None);
+        self.health.set_streaming();
         tracing::info!(slot = %self.cfg.source.slot, durable = %crate::event::lsn_text(durable), "replication streaming");
         if let Some(f) = &self.on_streaming {
             f();
         }
         let mut tx: Option<Tx> = None;
+        let receive_timeout = self.cfg.source.receive_timeout();
+        // Time spent in `handle` (waiting for the store) is not silence.
+        let mut quiet_until = tokio::time::Instant::now() + receive_timeout;
         loop {
             tokio::select! {
                 biased;
@@ -347,7 +425,10 @@ impl Capture {
                     client.update_applied_lsn(Lsn(lsn));
                 }
                 ev = client.recv() => match ev {
-                    Ok(Some(ev)) => self.handle(ev, &mut tx).await?,
+                    Ok(Some(ev)) => {
+                        self.handle(ev, &mut tx).await?;
+                        quiet_until = tokio::time::Instant::now() + receive_timeout;
+                    }
                     Ok(None) => {
                         return Err(SourceError::Replication(pgwire_replication::PgWireError::Io(
                             Arc::new(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server ended the replication stream")),
@@ -355,6 +436,24 @@ impl Capture {
                     }
                     Err(e) => return Err(SourceError::Replication(e)),
                 },
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    match self.check_walsender(receive_timeout).await {
+                        Ok(reply_age) => {
+                            tracing::info!(
+                                silent_for = ?receive_timeout, server_heard_us_ago = ?reply_age,
+                                "nothing received from PostgreSQL, but its walsender is alive and hears us (busy decoding?); keeping the stream"
+                            );
+                            quiet_until = tokio::time::Instant::now() + receive_timeout;
+                        }
+                        Err(detail) => {
+                            client.abort();
+                            let err = SourceError::Silent { after: receive_timeout, detail };
+                            tracing::warn!(error = %err, "replication connection degraded");
+                            self.degraded(Some(err.to_string()));
+                            return Err(err);
+                        }
+                    }
+                }
             }
         }
         // Clean stop: a half-received transaction is dropped (never acked, so
@@ -385,6 +484,46 @@ impl Capture {
         }
         tracing::info!(acked = %crate::event::lsn_text(*self.durable.borrow()), "replication stopped");
         Ok(())
+    }
+
+    /// Asks the server, over a fresh SQL connection, whether our slot's
+    /// walsender is alive and received one of our status updates within
+    /// `within`; `Ok(age of that update)` if so, else what was found.
+    async fn check_walsender(&self, within: Duration) -> Result<Duration, String> {
+        let budget = self.params.connect_timeout();
+        let check = async {
+            let client = self
+                .params
+                .connect_sql()
+                .await
+                .map_err(|e| format!("the server cannot be reached to check it ({e})"))?;
+            let row = client
+                .query_opt(
+                    "SELECT extract(epoch FROM clock_timestamp() - r.reply_time)::float8 \
+                     FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                     WHERE s.slot_name = $1",
+                    &[&self.cfg.source.slot],
+                )
+                .await
+                .map_err(|e| format!("the check query failed ({e})"))?;
+            let age: Option<f64> = row
+                .ok_or("the server has no walsender for the slot any more")?
+                .get(0);
+            let age = age
+                .map(|secs| Duration::from_secs_f64(secs.max(0.0)))
+                .ok_or("the walsender never heard from us")?;
+            if age > within {
+                return Err(format!("the walsender last heard from us {age:?} ago"));
+            }
+            Ok(age)
+        };
+        tokio::time::timeout(budget, check)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "checking it over SQL did not finish within {budget:?}"
+                ))
+            })
     }
 
     async fn handle(
@@ -418,6 +557,11 @@ impl Capture {
                 let mut form_schemas = Vec::new();
                 if let Some(mut t) = tx.take() {
                     self.flush_chunk(&mut t).await?;
+                    self.health.commit_seen(
+                        t.ctx.commit_lsn,
+                        t.ctx.commit_time.clone(),
+                        crate::app::now_ms(),
+                    );
                     form_schemas = t.form_schemas;
                 }
                 for schema in &form_schemas {

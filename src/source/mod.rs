@@ -38,6 +38,21 @@ pub enum SourceError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Connecting (TCP, TLS, authentication, START_REPLICATION) did not finish in time.
+    #[error("connecting to PostgreSQL at {target} ({what}) did not finish within {after:?} (source.connect_timeout); check that the server is up and the network path to it works")]
+    ConnectTimeout {
+        target: String,
+        /// which connection: "sql" or "replication"
+        what: &'static str,
+        after: std::time::Duration,
+    },
+    /// The replication stream went silent and the connection was found dead.
+    #[error("the replication connection went silent: nothing received for {after:?} (source.receive_timeout) and {detail}; reconnecting")]
+    Silent {
+        after: std::time::Duration,
+        /// what the check of the connection found
+        detail: String,
+    },
     /// Authentication failed (SQLSTATE 28P01 / 28000).
     #[error("PostgreSQL rejected the login of role '{user}' ({detail}); check the user and password in source.url")]
     Auth { user: String, detail: String },
@@ -100,7 +115,9 @@ impl SourceError {
     /// needs a person.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::Connect { .. } => true,
+            SourceError::Connect { .. }
+            | SourceError::ConnectTimeout { .. }
+            | SourceError::Silent { .. } => true,
             SourceError::Replication(e) => {
                 if let Some(code) = replication_sqlstate(e) {
                     sqlstate_is_transient(&code)
@@ -156,6 +173,7 @@ pub struct ConnParams {
     pub dbname: String,
     password: String,
     ssl_mode: tokio_postgres::config::SslMode,
+    connect_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -203,7 +221,13 @@ impl ConnParams {
             dbname,
             password,
             ssl_mode,
+            connect_timeout: source.connect_timeout.get(),
         })
+    }
+
+    /// `source.connect_timeout`: the budget of a whole connection attempt.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.connect_timeout
     }
 
     /// `user@host:port/db`, never the password.
@@ -220,7 +244,18 @@ impl ConnParams {
                 fix: "use sslmode=prefer or disable, or connect through a local TLS proxy".into(),
             });
         }
-        match self.pg.connect(tokio_postgres::NoTls).await {
+        // tokio-postgres's own connect_timeout covers the TCP connect only; a
+        // server (or network) that accepts and then says nothing must not
+        // hang the caller.
+        let connected =
+            tokio::time::timeout(self.connect_timeout, self.pg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| SourceError::ConnectTimeout {
+                    target: self.target(),
+                    what: "sql",
+                    after: self.connect_timeout,
+                })?;
+        match connected {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {

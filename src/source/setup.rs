@@ -166,7 +166,7 @@ pub async fn preflight(
                 "subscription '{}': {} {}{}",
                 sub.name,
                 sub.method.as_str(),
-                sub.url,
+                sub.url_for_display(),
                 state
             )),
             report,

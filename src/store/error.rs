@@ -56,6 +56,16 @@ pub enum StoreError {
         /// The newest schema version this build knows.
         supported: i64,
     },
+    /// The database predates this walhook's schema and has not been upgraded yet.
+    #[error("the store database {} has schema version {found} (this walhook writes {current}); start `walhook run` with this version once to upgrade it", .path.display())]
+    Outdated {
+        /// The database file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// The version this build writes.
+        current: i64,
+    },
     /// A delivery-state call named a subscription that has no cursor row.
     #[error("subscription '{name}' is not in the store; call ensure_subscription first")]
     UnknownSubscription {

@@ -60,8 +60,20 @@ pub struct StoreView {
 
 impl StoreView {
     /// Opens `dir`'s database read-only, without taking the store's lock.
+    /// A store an older walhook wrote is refused with a hint: the view
+    /// reads columns of the current schema and never migrates by itself.
     pub fn open(dir: &Path) -> Result<StoreView, StoreError> {
         let (conn, path) = open_unlocked(dir, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(StoreError::sqlite(&path, "schema version check"))?;
+        if found < super::schema::SCHEMA_VERSION {
+            return Err(StoreError::Outdated {
+                path,
+                found,
+                current: super::schema::SCHEMA_VERSION,
+            });
+        }
         Ok(StoreView { conn, path })
     }
 
@@ -191,6 +203,23 @@ mod tests {
             vec![("0000000000000100-0000".to_string(), b"{}".to_vec())]
         );
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_of_an_older_schema_is_refused_with_a_hint() {
+        let dir = std::env::temp_dir().join(format!("walhook-inspect-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(Store::open(&dir).unwrap());
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        drop(conn);
+        let err = StoreView::open(&dir).err().unwrap();
+        assert!(
+            matches!(err, StoreError::Outdated { found: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("start `walhook run`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -37,7 +37,7 @@
 //! single append-only file that the append's fsync covers. This keeps the
 //! per-delivery `advance` from paying an fsync each.
 //!
-//! # Schema (version 2, `PRAGMA user_version`)
+//! # Schema (version 3, `PRAGMA user_version`)
 //!
 //! * `events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE,
 //!   commit_lsn, op, form, payload BLOB, stored_at_ms, row_key)`: the log
@@ -56,6 +56,12 @@
 //! * `dead_letters(subscription, seq, event_id, op, form, commit_lsn,
 //!   payload, attempts, status, reason, body_excerpt, at_ms, row_key, ...)`: keeps a
 //!   copy of the event so retention never drops a dead letter.
+//! * `attempts(subscription, event_id, op, form, events, attempt, outcome,
+//!   status, duration_ms, latency_ms, error, at_ms)` (version 3): the
+//!   delivery history, one row per HTTP attempt (a batch is one row naming
+//!   its first event), written with the delivery state (see [`history`]) and
+//!   pruned after `store.history_retention`. `subscriptions.paused_at_ms`
+//!   (version 3) is set while the admin API has paused the subscription.
 //!
 //! LSNs are `u64` in Rust and stored as SQLite `INTEGER` (`i64`) with an `as`
 //! cast: real LSNs stay far below 2^63, so the order is preserved.
@@ -70,6 +76,7 @@
 //! block: async callers wrap them in `spawn_blocking`.
 
 mod error;
+pub mod history;
 pub mod inspect;
 pub mod replay;
 mod schema;
@@ -77,6 +84,7 @@ mod schema;
 mod tests;
 
 pub use error::StoreError;
+pub use history::{AttemptFilter, AttemptOutcome, AttemptRecord, StoredAttempt};
 
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
@@ -121,9 +129,11 @@ pub(crate) const COUNT_BACKLOG: &str =
 const SELECT_EVENTS_FOR: &str =
     "SELECT seq, id, op, form, commit_lsn, payload, stored_at_ms, row_key FROM events
      WHERE seq > ?1 AND for_subscription IN ('', ?3) ORDER BY seq LIMIT ?2";
-const SELECT_SUBSCRIPTION: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
+const SELECT_SUBSCRIPTION: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered,
+            paused_at_ms IS NOT NULL
      FROM subscriptions WHERE name = ?1";
-const SELECT_SUBSCRIPTIONS: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered
+const SELECT_SUBSCRIPTIONS: &str = "SELECT name, cursor, attempts, next_attempt_at_ms, last_error, disabled_reason, delivered, dead_lettered,
+            paused_at_ms IS NOT NULL
      FROM subscriptions ORDER BY name";
 const SELECT_LAST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM events";
 const SELECT_DEAD_LETTERS: &str =
@@ -247,6 +257,8 @@ pub struct SubscriptionState {
     pub delivered: u64,
     /// Events dead-lettered, ever.
     pub dead_lettered: u64,
+    /// Paused through the admin API (survives restarts until resumed).
+    pub paused: bool,
 }
 
 /// An event that exhausted its attempts for one subscription.
@@ -399,13 +411,20 @@ impl Store {
     /// Appends a batch in one fsynced transaction and returns the durable
     /// LSN after it, the only value that may be acknowledged to Postgres.
     pub fn append(&self, items: &[Append]) -> Result<Option<u64>, StoreError> {
+        self.append_counted(items).map(|(lsn, _)| lsn)
+    }
+
+    /// Like [`Store::append`], also returning how many events were new
+    /// (re-sent ones are ignored by their unique id and not counted).
+    pub fn append_counted(&self, items: &[Append]) -> Result<(Option<u64>, u64), StoreError> {
         let err = self.err("append");
         let now = now_ms();
         let mut conn = lock(&self.inner.writer);
         let current = self.inner.durable_lsn.load(Ordering::Acquire);
         if items.is_empty() {
-            return Ok(lsn_option(current));
+            return Ok((lsn_option(current), 0));
         }
+        let mut inserted_events = 0u64;
         let mut lsn = current;
         let mut last_seq = None;
         let tx = conn
@@ -430,6 +449,7 @@ impl Store {
                                 .map_err(&err)?;
                             if inserted == 1 {
                                 last_seq = Some(tx.last_insert_rowid());
+                                inserted_events += 1;
                             }
                         }
                     }
@@ -472,7 +492,7 @@ impl Store {
             self.inner.last_seq.fetch_max(seq, Ordering::AcqRel);
         }
         self.inner.durable_lsn.store(lsn, Ordering::Release);
-        Ok(lsn_option(lsn))
+        Ok((lsn_option(lsn), inserted_events))
     }
 
     /// The LSN that may be acknowledged to Postgres (None before the first).
@@ -598,14 +618,31 @@ impl Store {
     /// Records a success up to `seq`: cursor = max(cursor, seq), retry state
     /// cleared, `delivered` increased.
     pub fn advance(&self, name: &str, seq: i64, delivered: u64) -> Result<(), StoreError> {
+        self.advance_with(name, seq, delivered, &[])
+    }
+
+    /// Like [`Store::advance`], writing `attempts` to the delivery history
+    /// in the same transaction.
+    pub fn advance_with(
+        &self,
+        name: &str,
+        seq: i64,
+        delivered: u64,
+        attempts: &[AttemptRecord],
+    ) -> Result<(), StoreError> {
         if crate::failpoint::failpoint!("store_state_write") {
             return Err(StoreError::simulated_full(
                 &self.inner.db_path,
                 "advance cursor",
             ));
         }
-        let conn = lock(&self.inner.state);
-        let changed = conn
+        let err = self.err("advance cursor");
+        let mut conn = lock(&self.inner.state);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        history::insert(&tx, name, attempts).map_err(&err)?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE subscriptions SET cursor = max(cursor, ?2), attempts = 0,
                      next_attempt_at_ms = NULL, last_error = NULL,
@@ -613,8 +650,9 @@ impl Store {
                  WHERE name = ?1",
             )
             .and_then(|mut stmt| stmt.execute(params![name, seq, sql_u64(delivered), now_ms()]))
-            .map_err(self.err("advance cursor"))?;
-        expect_row(changed, name)
+            .map_err(&err)?;
+        expect_row(changed, name)?;
+        tx.commit().map_err(&err)
     }
 
     /// Records a failed attempt on the event after the cursor.
@@ -625,14 +663,32 @@ impl Store {
         next_attempt_at_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
+        self.record_failure_with(name, attempts, next_attempt_at_ms, error, &[])
+    }
+
+    /// Like [`Store::record_failure`], writing `history` to the delivery
+    /// history in the same transaction.
+    pub fn record_failure_with(
+        &self,
+        name: &str,
+        attempts: u32,
+        next_attempt_at_ms: i64,
+        error: &str,
+        history: &[AttemptRecord],
+    ) -> Result<(), StoreError> {
         if crate::failpoint::failpoint!("store_state_write") {
             return Err(StoreError::simulated_full(
                 &self.inner.db_path,
                 "record failure",
             ));
         }
-        let conn = lock(&self.inner.state);
-        let changed = conn
+        let err = self.err("record failure");
+        let mut conn = lock(&self.inner.state);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        history::insert(&tx, name, history).map_err(&err)?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE subscriptions SET attempts = ?2, next_attempt_at_ms = ?3,
                      last_error = ?4, updated_at_ms = ?5
@@ -641,8 +697,9 @@ impl Store {
             .and_then(|mut stmt| {
                 stmt.execute(params![name, attempts, next_attempt_at_ms, error, now_ms()])
             })
-            .map_err(self.err("record failure"))?;
-        expect_row(changed, name)
+            .map_err(&err)?;
+        expect_row(changed, name)?;
+        tx.commit().map_err(&err)
     }
 
     /// In one transaction: keeps a copy of `event` as a dead letter, moves
@@ -774,6 +831,16 @@ impl Store {
             .query_map(params![name, sql_count(limit)], dead_letter_row)
             .map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// How many dead letters the subscription has.
+    pub fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
+        let conn = lock(&self.inner.state);
+        let n: i64 = conn
+            .prepare_cached("SELECT count(*) FROM dead_letters WHERE subscription = ?1")
+            .and_then(|mut stmt| stmt.query_row([name], |row| row.get(0)))
+            .map_err(self.err("count dead letters"))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Disables the subscription with a reason (410 Gone), or re-enables it with `None`.
@@ -962,6 +1029,7 @@ fn subscription_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionState> {
         disabled_reason: row.get(5)?,
         delivered: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
         dead_lettered: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
+        paused: row.get(8)?,
     })
 }
 

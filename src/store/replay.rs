@@ -78,6 +78,22 @@ pub fn replay_outcome(dir: &Path, id: i64) -> Result<Option<String>, StoreError>
 }
 
 impl Store {
+    /// Files a replay request through this (owning) store, as
+    /// [`submit_replay`] does from another process; returns its id.
+    pub fn file_replay(&self, subscription: &str, kind: ReplayKind) -> Result<i64, StoreError> {
+        let (since_ms, dead) = match kind {
+            ReplayKind::Since(ms) => (Some(ms), false),
+            ReplayKind::Dead => (None, true),
+        };
+        let conn = lock(&self.inner.state);
+        conn.execute(
+            "INSERT INTO replay_requests (subscription, since_ms, dead, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![subscription, since_ms, dead, now_ms()],
+        )
+        .map_err(self.err("file a replay request"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
     /// Requests filed and not applied yet, oldest first.
     pub fn pending_replays(&self) -> Result<Vec<ReplayRequest>, StoreError> {
         let err = self.err("read replay requests");

@@ -94,6 +94,28 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_stored_at ON events(stored_at_ms);
     ALTER TABLE events ADD COLUMN row_key TEXT;
     ALTER TABLE dead_letters ADD COLUMN row_key TEXT;",
+    // 2 -> 3: the delivery history (one row per HTTP attempt, kept for
+    // store.history_retention; pruned by time, hence the index on at_ms;
+    // listed newest first per subscription), and the pause set through the
+    // admin API, which survives restarts (NULL = not paused).
+    "CREATE TABLE attempts (
+        id           INTEGER PRIMARY KEY,
+        subscription TEXT    NOT NULL,
+        event_id     TEXT    NOT NULL,
+        op           TEXT    NOT NULL,
+        form         TEXT    NOT NULL,
+        events       INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        outcome      TEXT    NOT NULL,
+        status       INTEGER,
+        duration_ms  INTEGER NOT NULL,
+        latency_ms   INTEGER,
+        error        TEXT,
+        at_ms        INTEGER NOT NULL
+    );
+    CREATE INDEX attempts_by_time ON attempts(at_ms);
+    CREATE INDEX attempts_by_subscription ON attempts(subscription, id);
+    ALTER TABLE subscriptions ADD COLUMN paused_at_ms INTEGER;",
 ];
 
 /// The schema version this build writes.

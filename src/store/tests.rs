@@ -310,6 +310,7 @@ fn ensure_subscription_end_vs_earliest_and_kept_across_reopen() {
                 disabled_reason: None,
                 delivered: 0,
                 dead_lettered: 0,
+                paused: false,
             }
         );
         assert_eq!(store.backlog("late").unwrap(), 0);

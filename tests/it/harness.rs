@@ -239,3 +239,192 @@ async fn oracle_passes_a_clean_run_and_catches_a_filtered_key() {
     app.stop().await.unwrap();
     watch.finish().await.assert_ok();
 }
+
+/// An upstream for proxy tests: echoes every byte back.
+async fn echo_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the echo server");
+    let addr = listener.local_addr().expect("echo address");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 || socket.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads what arrives within `within`; empty when nothing does.
+async fn read_for(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(within, stream.read(&mut buf)).await {
+        Ok(Ok(n)) => Ok(buf[..n].to_vec()),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+#[tokio::test]
+async fn fault_proxy_passes_black_holes_resets_refuses_and_trickles() {
+    use crate::support::proxy::{Fault, FaultProxy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let proxy = FaultProxy::start(echo_server().await).await;
+    let mut a = TcpStream::connect(proxy.addr()).await.expect("connect");
+    a.write_all(b"ping").await.unwrap();
+    assert_eq!(read_for(&mut a, WAIT).await.unwrap(), b"ping", "pass");
+
+    // Black hole: nothing comes back, the socket stays open; bytes flow on after.
+    proxy.set(Fault::BlackHole);
+    a.write_all(b"held").await.unwrap();
+    assert!(
+        read_for(&mut a, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a black hole forwarded data"
+    );
+    let mut b = TcpStream::connect(proxy.addr())
+        .await
+        .expect("a black hole still accepts");
+    b.write_all(b"new").await.unwrap();
+    assert!(read_for(&mut b, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(proxy.open(), 2);
+    proxy.set(Fault::Pass);
+    assert_eq!(
+        read_for(&mut a, WAIT).await.unwrap(),
+        b"held",
+        "held bytes flow on"
+    );
+    assert_eq!(read_for(&mut b, WAIT).await.unwrap(), b"new");
+
+    // Refuse: new connections fail, open ones carry on; listening again on Pass.
+    proxy.set(Fault::Refuse);
+    crate::runner::eventually(WAIT, "the proxy to stop listening", || async {
+        TcpStream::connect(proxy.addr())
+            .await
+            .err()
+            .filter(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
+    a.write_all(b"still").await.unwrap();
+    assert_eq!(read_for(&mut a, WAIT).await.unwrap(), b"still");
+    proxy.set(Fault::Pass);
+    let mut c = crate::runner::eventually(WAIT, "the proxy to listen again", || async {
+        TcpStream::connect(proxy.addr()).await.ok()
+    })
+    .await;
+    c.write_all(b"back").await.unwrap();
+    assert_eq!(read_for(&mut c, WAIT).await.unwrap(), b"back");
+
+    // Trickle: one byte per step, so a 6-byte answer arrives in pieces.
+    proxy.set(Fault::Trickle {
+        bytes: 1,
+        every: Duration::from_millis(50),
+    });
+    c.write_all(b"abcdef").await.unwrap();
+    let mut got = Vec::new();
+    let mut reads = 0;
+    while got.len() < 6 {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+            .await
+            .expect("trickled bytes arrive")
+            .unwrap();
+        assert!(n > 0, "closed while trickling");
+        got.extend_from_slice(&buf[..n]);
+        reads += 1;
+    }
+    assert_eq!(got, b"abcdef");
+    assert!(reads >= 3, "6 trickled bytes arrived in {reads} read(s)");
+
+    // Reset: every open connection gets an RST, and so does a new one.
+    proxy.set(Fault::Reset);
+    for stream in [&mut a, &mut b, &mut c] {
+        let err = read_for(stream, WAIT)
+            .await
+            .expect_err("a reset connection reads an error");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+    let mut d = TcpStream::connect(proxy.addr()).await.expect("accepted");
+    let got = read_for(&mut d, WAIT).await;
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a new connection is reset: {got:?}"
+    );
+    crate::runner::eventually(WAIT, "every connection closed", || async {
+        (proxy.open() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.accepted(), 4);
+}
+
+#[test]
+fn standard_webhooks_verifier_accepts_the_published_vector_and_nothing_else() {
+    use crate::support::standard_webhooks::{Rejected, Verifier};
+    let verifier = Verifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let (id, ts, body) = (
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265330",
+        br#"{"test": 2432232314}"#.as_slice(),
+    );
+    let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    let now = 1_614_265_330;
+    let verify =
+        |id, ts, sigs, body, now| verifier.verify(Some(id), Some(ts), Some(sigs), body, now);
+    assert_eq!(verify(id, ts, sig, body, now), Ok(()));
+    // Any one matching signature of a list is enough; other versions are ignored.
+    let listed = format!("v2,abc v1,AAAA {sig}");
+    assert_eq!(verify(id, ts, &listed, body, now), Ok(()));
+    assert_eq!(
+        verify(id, ts, sig, br#"{"test": 2432232315}"#, now),
+        Err(Rejected::NoMatchingSignature),
+        "tampered body"
+    );
+    assert_eq!(
+        verify("msg_other", ts, sig, body, now),
+        Err(Rejected::NoMatchingSignature)
+    );
+    assert_eq!(
+        Verifier::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").verify(
+            Some(id),
+            Some(ts),
+            Some(sig),
+            body,
+            now
+        ),
+        Err(Rejected::NoMatchingSignature),
+        "the raw text of a whsec_ secret is another key"
+    );
+    assert_eq!(
+        verify(id, ts, sig, body, now + 300),
+        Ok(()),
+        "5 minutes late is fine"
+    );
+    assert_eq!(verify(id, ts, sig, body, now + 301), Err(Rejected::TooOld));
+    assert_eq!(verify(id, ts, sig, body, now - 301), Err(Rejected::TooNew));
+    assert_eq!(
+        verify(id, "soon", sig, body, now),
+        Err(Rejected::BadTimestamp)
+    );
+    assert_eq!(
+        verifier.verify(Some(id), None, Some(sig), body, now),
+        Err(Rejected::MissingHeader("webhook-timestamp"))
+    );
+}

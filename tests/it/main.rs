@@ -4,18 +4,23 @@
 //! receivers on 127.0.0.1, and the real walhook binary where a test needs to
 //! kill it or read its exit code.
 
+mod admin;
 mod auth;
 mod batching;
 mod cli;
 mod crash;
 mod deploy;
+mod docs;
 mod faults;
 mod formats;
 mod harness;
 mod lanes;
+mod network;
 mod pipeline;
+mod redaction;
 mod reload;
 mod runner;
 mod schema;
+mod signatures;
 mod support;
 mod tls;

@@ -33,6 +33,14 @@ pub struct ConfigText {
     pub tables: String,
     pub subscriptions: String,
     pub extra_source: String,
+    pub delivery: String,
+    /// Extra lines of `[admin]` (it always listens on 127.0.0.1:0, so tests
+    /// never collide on the default port).
+    pub extra_admin: String,
+    /// Extra top-level sections (`[log]`, ...), written before the tables.
+    pub extra_sections: String,
+    /// Extra lines of `[store]`.
+    pub extra_store: String,
 }
 
 impl ConfigText {
@@ -45,7 +53,30 @@ impl ConfigText {
             tables: String::new(),
             subscriptions: String::new(),
             extra_source: String::new(),
+            delivery: String::new(),
+            extra_admin: String::new(),
+            extra_sections: String::new(),
+            extra_store: String::new(),
         }
+    }
+
+    pub fn store(mut self, line: &str) -> Self {
+        self.extra_store.push_str(line);
+        self.extra_store.push('\n');
+        self
+    }
+
+    pub fn admin(mut self, line: &str) -> Self {
+        self.extra_admin.push_str(line);
+        self.extra_admin.push('\n');
+        self
+    }
+
+    /// Adds top-level sections such as `[log]` (with their keys).
+    pub fn section(mut self, toml: &str) -> Self {
+        self.extra_sections.push_str(toml);
+        self.extra_sections.push('\n');
+        self
     }
 
     pub fn table(mut self, toml: &str) -> Self {
@@ -68,14 +99,25 @@ impl ConfigText {
         self
     }
 
+    /// Adds a line to the `[delivery]` section.
+    pub fn delivery(mut self, line: &str) -> Self {
+        self.delivery.push_str(line);
+        self.delivery.push('\n');
+        self
+    }
+
     pub fn render(&self) -> String {
         format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n\n{}\n{}",
+            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\nheartbeat = \"1s\"\nstatus_interval = \"200ms\"\n{}\n[store]\npath = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[delivery]\n{}\n{}\n{}\n{}",
             self.db_url,
             self.slot,
             self.slot,
             self.extra_source,
             self.store.display(),
+            self.extra_store,
+            self.extra_admin,
+            self.delivery,
+            self.extra_sections,
             self.tables,
             self.subscriptions
         )
@@ -97,18 +139,34 @@ impl ConfigText {
 pub struct InProcess {
     pub token: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), Error>>,
+    /// Where its admin server listens (when `admin.enabled`).
+    pub admin: std::net::SocketAddr,
 }
 
 impl InProcess {
     /// Starts walhook and waits until replication is streaming.
     pub async fn start(cfg: walhook::config::Config) -> InProcess {
+        InProcess::start_with(cfg, Hooks::default()).await
+    }
+
+    /// Like [`InProcess::start`] with the test's own hooks; its `on_streaming`, if any,
+    /// is called too.
+    pub async fn start_with(cfg: walhook::config::Config, mut hooks: Hooks) -> InProcess {
         let token = CancellationToken::new();
         let streaming = Arc::new(Notify::new());
         let s = streaming.clone();
-        let hooks = Hooks {
-            on_streaming: Some(Arc::new(move || s.notify_one())),
-            ..Hooks::default()
-        };
+        let theirs = hooks.on_streaming.take();
+        hooks.on_streaming = Some(Arc::new(move || {
+            s.notify_one();
+            if let Some(f) = &theirs {
+                f();
+            }
+        }));
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an admin listener on 127.0.0.1:0");
+        let admin = admin_listener.local_addr().unwrap();
+        hooks.admin_listener = Some(admin_listener);
         let t = token.clone();
         let mut handle = tokio::spawn(async move { app::run(cfg, t, hooks).await });
         tokio::select! {
@@ -116,7 +174,16 @@ impl InProcess {
             r = &mut handle => panic!("walhook stopped before streaming: {:?}", r.unwrap()),
             _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("walhook did not start streaming within 30 s"),
         }
-        InProcess { token, handle }
+        InProcess {
+            token,
+            handle,
+            admin,
+        }
+    }
+
+    /// `http://127.0.0.1:<admin port>` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// Waits, without cancelling, until walhook stops by itself (a failure)

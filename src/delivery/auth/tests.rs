@@ -22,7 +22,10 @@ const RSA_KEY: &str = concat!(
 const RSA_PUB: &[u8] = include_bytes!("../../../tests/it/fixtures/jwt-rs256.pub.pem");
 
 fn client() -> Client {
-    super::super::build_client().unwrap()
+    super::super::build_client(&crate::config::DeliveryConfig::default())
+        .unwrap()
+        .inner()
+        .clone()
 }
 
 fn url(text: &str) -> url::Url {
