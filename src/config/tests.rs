@@ -578,6 +578,28 @@ fn ordering_and_lanes_are_checked_naming_the_field() {
 }
 
 #[test]
+fn max_body_bytes_has_a_global_default_and_a_per_subscription_override() {
+    let c = parse(&with_sub("")).unwrap();
+    assert_eq!(c.delivery.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(c.delivery.max_body_bytes.get(), 16 * 1024 * 1024);
+    assert_eq!(c.subscriptions[0].max_body_bytes, None);
+    let c = parse(&format!(
+        "[delivery]\nmax_body_bytes = \"10MB\"\n{}",
+        with_sub("max_body_bytes = \"64MiB\"")
+    ))
+    .unwrap();
+    assert_eq!(c.delivery.max_body_bytes.get(), 10_000_000);
+    assert_eq!(
+        c.subscriptions[0].max_body_bytes.map(|b| b.get()),
+        Some(64 * 1024 * 1024)
+    );
+    let err = error(&with_sub("max_body_bytes = 0"));
+    assert!(err.contains("subscriptions[0].max_body_bytes"), "{err}");
+    let err = error(&format!("[delivery]\nmax_body_bytes = 0\n{}", with_sub("")));
+    assert!(err.contains("delivery.max_body_bytes"), "{err}");
+}
+
+#[test]
 fn egress_guard_is_off_by_default_and_parses_its_networks() {
     let c = parse(&with_sub("")).unwrap();
     assert!(!c.delivery.deny_private_networks);

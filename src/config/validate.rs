@@ -66,6 +66,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.delivery.max_body_bytes.get() == 0 {
+            return Err(ConfigError::invalid(
+                "delivery.max_body_bytes",
+                "must be greater than 0; write a size like \"16MiB\"",
+            ));
+        }
         if self.tables.is_empty() {
             return Err(ConfigError::invalid(
                 "tables",
@@ -439,6 +445,12 @@ fn validate_limits(sub: &SubscriptionConfig, field: &str) -> Result {
         return Err(ConfigError::invalid(
             format!("{field}.lanes"),
             format!("must be between 1 and {MAX_LANES}"),
+        ));
+    }
+    if sub.max_body_bytes.is_some_and(|b| b.get() == 0) {
+        return Err(ConfigError::invalid(
+            format!("{field}.max_body_bytes"),
+            "must be greater than 0; write a size like \"16MiB\", or remove the key to use delivery.max_body_bytes",
         ));
     }
     if sub.disable_after == Some(0) {

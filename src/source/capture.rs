@@ -70,7 +70,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::pgoutput::{self, Message};
-use super::{ConnParams, SourceError};
+use super::{ConnParams, SlotProblem, SourceError};
 use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
@@ -344,16 +344,19 @@ impl Capture {
                 );
             }
         }
+        let durable = super::setup::durable_text(Some(*self.durable.borrow()));
         match super::setup::slot_info(&client, slot).await {
             Ok(None) => SourceError::SlotLost {
+                kind: SlotProblem::Missing,
                 slot: slot.clone(),
-                state: "missing (dropped while walhook ran)".into(),
-                durable: crate::event::lsn_text(*self.durable.borrow()),
+                state: "does not exist (it was dropped while walhook ran)".into(),
+                durable,
             },
             Ok(Some(info)) if info.wal_status.as_deref() == Some("lost") => SourceError::SlotLost {
+                kind: SlotProblem::Lost,
                 slot: slot.clone(),
-                state: "invalidated (wal_status = lost)".into(),
-                durable: crate::event::lsn_text(*self.durable.borrow()),
+                state: "was invalidated while walhook ran (wal_status = lost)".into(),
+                durable,
             },
             _ => err,
         }
@@ -769,8 +772,9 @@ fn in_tx<'a>(tx: &'a mut Option<Tx>, what: &str) -> Result<&'a mut Tx, SourceErr
     })
 }
 
-/// Exponential reconnect delay with ±20% jitter.
-fn reconnect_delay(failures: u32) -> Duration {
+/// Exponential reconnect delay with ±20% jitter (also used for the first
+/// connection at start-up).
+pub(crate) fn reconnect_delay(failures: u32) -> Duration {
     let exp = RECONNECT_INITIAL_DELAY.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let base = exp.min(RECONNECT_MAX_DELAY);
     let jitter: f64 = rand::random_range(0.8..1.2);

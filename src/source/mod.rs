@@ -66,11 +66,23 @@ pub enum SourceError {
     /// A precondition of the database is not met; `fix` says what to do.
     #[error("{problem}; {fix}")]
     Precondition { problem: String, fix: String },
-    /// The replication slot is gone although the store shows earlier progress.
-    #[error("replication slot '{slot}' is {state} but the store has events up to LSN {durable}: changes since then are lost to us; resync required (drop the store directory and start again, or restore the slot). walhook never recreates a slot silently")]
+    /// Every connection attempt failed; `last` is the last attempt's error.
+    #[error("gave up after {attempts} connection attempts: {last}")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        last: Box<SourceError>,
+    },
+    /// The replication slot is lost, missing or was replaced, so the changes
+    /// after the store's durable LSN cannot be read any more.
+    #[error("slot {kind}: resync required: replication slot '{slot}' {state}; the store's last durable LSN is {durable} and the server no longer has the changes after it. Run `walhook run --resync` to replace the slot and continue (events already stored are still delivered; the gap is recorded and shown by `walhook status`), or restore the slot. walhook never recreates a slot by itself")]
     SlotLost {
+        /// `lost` (invalidated or replaced) or `missing`
+        kind: SlotProblem,
         slot: String,
+        /// what the catalog shows, e.g. "is invalidated (wal_status = lost)"
         state: String,
+        /// the store's durable LSN as text (`none` for an empty store)
         durable: String,
     },
     /// Another connection kept the slot for longer than a dead connection of
@@ -98,6 +110,24 @@ pub enum SourceError {
     Internal(String),
 }
 
+/// Why a slot cannot be resumed (the first words of [`SourceError::SlotLost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotProblem {
+    /// Invalidated (`wal_status = lost`), or recreated/advanced by someone else.
+    Lost,
+    /// It does not exist.
+    Missing,
+}
+
+impl std::fmt::Display for SlotProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlotProblem::Lost => "lost",
+            SlotProblem::Missing => "missing",
+        })
+    }
+}
+
 impl SourceError {
     /// The SQLSTATE of a server error, when there is one.
     pub fn sqlstate(&self) -> Option<String> {
@@ -105,6 +135,7 @@ impl SourceError {
             SourceError::Connect { source, .. } | SourceError::Sql { source, .. } => {
                 source.code().map(|c| c.code().to_string())
             }
+            SourceError::GaveUp { last, .. } => last.sqlstate(),
             SourceError::Replication(e) => replication_sqlstate(e),
             _ => None,
         }

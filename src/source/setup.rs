@@ -31,7 +31,7 @@
 
 use tokio_postgres::Client;
 
-use super::SourceError;
+use super::{SlotProblem, SourceError};
 use crate::config::Config;
 
 /// Oldest server we support: pgoutput protocol v1 with TRUNCATE and the
@@ -95,6 +95,7 @@ fn precondition(problem: impl Into<String>, fix: impl Into<String>) -> SourceErr
 pub async fn preflight(
     cfg: &Config,
     client: &Client,
+    slot: SlotExpectation,
     report: &mut (dyn FnMut(CheckLine) + Send),
 ) -> Result<Vec<ResolvedTable>, SourceError> {
     let mut first_error: Option<SourceError> = None;
@@ -158,7 +159,11 @@ pub async fn preflight(
     let publication =
         publication.and_then(|state| check_publication(cfg, state.as_ref(), &partitioned, version));
     note(publication, report, &mut first_error);
-    note(check_slot(cfg, client).await, report, &mut first_error);
+    note(
+        check_slot(cfg, client, slot).await,
+        report,
+        &mut first_error,
+    );
     for sub in &cfg.subscriptions {
         let state = if sub.enabled { "" } else { " (disabled)" };
         note(
@@ -770,46 +775,143 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     }))
 }
 
-async fn check_slot(cfg: &Config, client: &Client) -> Result<String, SourceError> {
+async fn check_slot(
+    cfg: &Config,
+    client: &Client,
+    expect: SlotExpectation,
+) -> Result<String, SourceError> {
     let slot = &cfg.source.slot;
     let db: String = client
         .query_one("SELECT current_database()::text", &[])
         .await
         .map_err(sql_err("cannot read the database name"))?
         .get(0);
-    match slot_info(client, slot).await? {
-        None if cfg.source.create_slot => Ok(format!("replication slot '{slot}' will be created")),
-        None => Err(precondition(
+    let info = slot_info(client, slot).await?;
+    if let Some(info) = &info {
+        if info.plugin != "pgoutput" {
+            return Err(precondition(
+                format!("replication slot '{slot}' uses plugin '{}'", info.plugin),
+                "walhook needs a pgoutput slot: choose another source.slot name",
+            ));
+        }
+        if info.database != db {
+            return Err(precondition(
+                format!(
+                    "replication slot '{slot}' belongs to database '{}'",
+                    info.database
+                ),
+                "choose another source.slot name for this database",
+            ));
+        }
+    }
+    match slot_verdict(cfg, info.as_ref(), expect) {
+        SlotVerdict::Resume => {
+            let info = info.as_ref();
+            let active = if info.is_some_and(|i| i.active) {
+                ", in use by a walsender"
+            } else {
+                ""
+            };
+            Ok(format!(
+                "replication slot '{slot}' exists (confirmed up to {}{active})",
+                info.and_then(|i| i.confirmed_flush.clone())
+                    .unwrap_or_else(|| "-".into())
+            ))
+        }
+        SlotVerdict::Create if cfg.source.create_slot => {
+            Ok(format!("replication slot '{slot}' will be created"))
+        }
+        SlotVerdict::Create => Err(precondition(
             format!("replication slot '{slot}' does not exist"),
             format!(
                 "create it: SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput') (after the publication), or set source.create_slot = true"
             ),
         )),
-        Some(info) => {
-            if info.plugin != "pgoutput" {
-                return Err(precondition(
-                    format!("replication slot '{slot}' uses plugin '{}'", info.plugin),
-                    "walhook needs a pgoutput slot: choose another source.slot name",
-                ));
-            }
-            if info.database != db {
-                return Err(precondition(
-                    format!("replication slot '{slot}' belongs to database '{}'", info.database),
-                    "choose another source.slot name for this database",
-                ));
-            }
-            if info.wal_status.as_deref() == Some("lost") {
-                return Err(precondition(
-                    format!("replication slot '{slot}' is invalidated (wal_status = lost)"),
-                    "the WAL it needed is gone: resync (drop the slot and the store directory) and raise max_slot_wal_keep_size",
-                ));
-            }
-            let active = if info.active { ", in use by a walsender" } else { "" };
-            Ok(format!(
-                "replication slot '{slot}' exists (confirmed up to {}{active})",
-                info.confirmed_flush.unwrap_or_else(|| "-".into())
-            ))
-        }
+        SlotVerdict::Replace { state, .. } => Ok(format!(
+            "replication slot '{slot}' {state}; --resync replaces it (the changes after the store's last durable LSN are skipped)"
+        )),
+        SlotVerdict::Lost(err) => Err(err),
+    }
+}
+
+/// What the slot is checked against: the store's progress, and whether the
+/// operator allowed a resync (`walhook run --resync`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SlotExpectation {
+    /// The store's durable LSN; `None` for an empty or new store.
+    pub durable: Option<u64>,
+    /// Replace a lost, missing or foreign-advanced slot instead of stopping.
+    pub resync: bool,
+}
+
+/// What to do with the slot, given the catalog and the store.
+#[derive(Debug)]
+enum SlotVerdict {
+    /// It exists and continues where the store stopped.
+    Resume,
+    /// It does not exist and the store has no progress: a first run.
+    Create,
+    /// It cannot be resumed, and `--resync` allows replacing it.
+    Replace {
+        kind: SlotProblem,
+        state: String,
+        exists: bool,
+    },
+    /// It cannot be resumed: [`SourceError::SlotLost`].
+    Lost(SourceError),
+}
+
+/// The one place that decides whether a slot may be resumed, created or
+/// replaced. A slot that is missing while the store has progress, invalidated
+/// (`wal_status = lost`), or confirmed past the store (recreated or advanced
+/// by someone else: we only ever confirm what the store holds) means changes
+/// after the store's durable LSN are gone; only `--resync` may go on.
+fn slot_verdict(cfg: &Config, info: Option<&SlotInfo>, expect: SlotExpectation) -> SlotVerdict {
+    let confirmed = info
+        .and_then(|i| i.confirmed_flush.as_deref())
+        .and_then(|t| pgwire_replication::Lsn::parse(t).ok())
+        .map(|l| l.0);
+    let problem = match info {
+        None => expect
+            .durable
+            .map(|_| (SlotProblem::Missing, "does not exist".to_string())),
+        Some(i) if i.wal_status.as_deref() == Some("lost") => Some((
+            SlotProblem::Lost,
+            "is invalidated (wal_status = lost)".to_string(),
+        )),
+        Some(_) => match (confirmed, expect.durable) {
+            (Some(c), Some(d)) if c > d => Some((
+                SlotProblem::Lost,
+                format!(
+                    "is confirmed up to {}, past the store (recreated or advanced outside walhook)",
+                    crate::event::lsn_text(c)
+                ),
+            )),
+            _ => None,
+        },
+    };
+    match problem {
+        None if info.is_none() => SlotVerdict::Create,
+        None => SlotVerdict::Resume,
+        Some((kind, state)) if expect.resync => SlotVerdict::Replace {
+            kind,
+            state,
+            exists: info.is_some(),
+        },
+        Some((kind, state)) => SlotVerdict::Lost(SourceError::SlotLost {
+            kind,
+            slot: cfg.source.slot.clone(),
+            state,
+            durable: durable_text(expect.durable),
+        }),
+    }
+}
+
+/// The store's durable LSN for messages: `X/Y`, or `none` for an empty store.
+pub fn durable_text(lsn: Option<u64>) -> String {
+    match lsn.filter(|l| *l != 0) {
+        Some(l) => crate::event::lsn_text(l),
+        None => "none (the store is empty)".to_string(),
     }
 }
 
@@ -885,61 +987,90 @@ pub async fn ensure_publication(cfg: &Config, client: &Client) -> Result<(), Sou
     Ok(())
 }
 
-/// Makes sure the slot exists. A missing or invalidated slot while the store
-/// shows earlier progress is [`SourceError::SlotLost`]: recreating it would
-/// silently skip every change in between.
+/// A slot replaced by `walhook run --resync`.
+#[derive(Debug, Clone)]
+pub struct Resynced {
+    /// Why the old slot could not be resumed.
+    pub kind: SlotProblem,
+    /// What the catalog showed of the old slot.
+    pub state: String,
+    /// The store's durable LSN before the resync (where the gap starts).
+    pub old_durable: Option<u64>,
+    /// Where the new slot starts (where the gap ends).
+    pub new_lsn: u64,
+}
+
+/// Makes sure the slot exists (see [`slot_verdict`]): creates it on a first
+/// run, stops with [`SourceError::SlotLost`] when it cannot be resumed, and
+/// with `expect.resync` drops such a slot and creates a new one, returning
+/// what was replaced so the caller can record the gap.
 pub async fn ensure_slot(
     cfg: &Config,
     client: &Client,
-    durable_lsn: Option<u64>,
-) -> Result<(), SourceError> {
+    expect: SlotExpectation,
+) -> Result<Option<Resynced>, SourceError> {
     let slot = &cfg.source.slot;
     let info = slot_info(client, slot).await?;
-    let confirmed = info
-        .as_ref()
-        .and_then(|i| i.confirmed_flush.as_deref())
-        .and_then(|t| pgwire_replication::Lsn::parse(t).ok())
-        .map(|l| l.0);
-    let lost_state = match &info {
-        None => Some("missing".to_string()),
-        Some(i) if i.wal_status.as_deref() == Some("lost") => {
-            Some("invalidated (wal_status = lost)".to_string())
+    match slot_verdict(cfg, info.as_ref(), expect) {
+        SlotVerdict::Resume => {
+            if expect.resync {
+                tracing::info!(slot = %slot, "--resync given, but the slot continues where the store stopped; nothing to replace");
+            }
+            Ok(None)
         }
-        // We only ever confirm what the store holds, so a slot confirmed
-        // beyond it was recreated or advanced by someone else.
-        _ => match (confirmed, durable_lsn) {
-            (Some(c), Some(d)) if c > d => Some(format!(
-                "confirmed up to {} (recreated or advanced outside walhook)",
-                crate::event::lsn_text(c)
-            )),
-            _ => None,
-        },
-    };
-    if let (Some(state), Some(durable)) = (&lost_state, durable_lsn) {
-        return Err(SourceError::SlotLost {
-            slot: slot.clone(),
-            state: state.clone(),
-            durable: crate::event::lsn_text(durable),
-        });
-    }
-    if info.is_none() {
-        if !cfg.source.create_slot {
-            return Err(precondition(
-                format!("replication slot '{slot}' does not exist"),
-                "create it or set source.create_slot = true",
-            ));
+        SlotVerdict::Lost(err) => Err(err),
+        SlotVerdict::Create => {
+            if !cfg.source.create_slot {
+                return Err(precondition(
+                    format!("replication slot '{slot}' does not exist"),
+                    "create it or set source.create_slot = true",
+                ));
+            }
+            let lsn = create_slot(client, slot).await?;
+            tracing::info!(slot = %slot, lsn = %crate::event::lsn_text(lsn), "created replication slot");
+            Ok(None)
         }
-        let row = client
-            .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[slot],
-            )
-            .await
-            .map_err(sql_err(format!("cannot create replication slot '{slot}'")))?;
-        let lsn: String = row.get(0);
-        tracing::info!(slot = %slot, lsn = %lsn, "created replication slot");
+        SlotVerdict::Replace {
+            kind,
+            state,
+            exists,
+        } => {
+            if exists {
+                client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[slot])
+                    .await
+                    .map_err(sql_err(format!(
+                        "--resync: cannot drop replication slot '{slot}' (is another consumer using it?)"
+                    )))?;
+            }
+            let new_lsn = create_slot(client, slot).await?;
+            Ok(Some(Resynced {
+                kind,
+                state,
+                old_durable: expect.durable,
+                new_lsn,
+            }))
+        }
     }
-    Ok(())
+}
+
+/// Creates the pgoutput slot and returns its start (consistent point) LSN.
+async fn create_slot(client: &Client, slot: &str) -> Result<u64, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map_err(sql_err(format!("cannot create replication slot '{slot}'")))?;
+    let text: String = row.get(0);
+    pgwire_replication::Lsn::parse(&text)
+        .map(|l| l.0)
+        .map_err(|_| {
+            SourceError::Internal(format!(
+                "pg_create_logical_replication_slot returned {text:?}, which is not an LSN"
+            ))
+        })
 }
 
 #[cfg(test)]

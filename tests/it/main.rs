@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod batching;
+mod bigdata;
 mod cli;
 mod crash;
 mod deploy;
@@ -22,5 +23,6 @@ mod reload;
 mod runner;
 mod schema;
 mod signatures;
+mod slots;
 mod support;
 mod tls;

@@ -527,7 +527,10 @@ async fn a_dropped_slot_with_prior_progress_stops_with_exit_4() {
     .await
     .expect_err("a lost slot must stop walhook");
     assert_eq!(err.exit_code(), 4, "{err}");
-    assert!(err.to_string().contains("resync"), "{err}");
+    assert!(
+        err.to_string().contains("slot missing: resync required"),
+        "{err}"
+    );
     assert_eq!(
         db.query_one_i64(&format!(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'"

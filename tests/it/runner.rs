@@ -241,6 +241,21 @@ pub fn spawn_run_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
         .expect("cannot spawn walhook")
 }
 
+/// Spawns `walhook ARGS` (any command, e.g. `run --resync -c FILE`) as a child process,
+/// stdout and stderr in `log`.
+pub fn spawn_walhook(args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("cannot spawn walhook")
+}
+
 /// Sends SIGTERM (a clean stop) to a child.
 pub fn terminate(child: &Child) {
     let status = Command::new("kill")
