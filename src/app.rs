@@ -456,7 +456,12 @@ async fn run_pipeline(
         let params = params.clone();
         let every = cfg.source.heartbeat.get();
         let token = token.clone();
-        tasks.spawn(async move { heartbeat(params, every, token).await.map_err(Error::from) });
+        let (publication, slot) = (cfg.source.publication.clone(), cfg.source.slot.clone());
+        tasks.spawn(async move {
+            heartbeat(params, every, publication, slot, token)
+                .await
+                .map_err(Error::from)
+        });
     }
     {
         let params = params.clone();

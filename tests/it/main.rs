@@ -22,6 +22,7 @@ mod pipeline;
 mod redaction;
 mod reload;
 mod runner;
+mod schema;
 mod signatures;
 mod slots;
 mod support;

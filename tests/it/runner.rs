@@ -186,6 +186,15 @@ impl InProcess {
         format!("http://{}{path}", self.admin)
     }
 
+    /// Waits, without cancelling, until walhook stops by itself (a failure)
+    /// and returns its result.
+    pub async fn finished(self, timeout: Duration) -> Result<(), Error> {
+        tokio::time::timeout(timeout, self.handle)
+            .await
+            .unwrap_or_else(|_| panic!("walhook did not stop by itself within {timeout:?}"))
+            .expect("walhook task panicked")
+    }
+
     /// Stops walhook cleanly and returns its result.
     pub async fn stop(self) -> Result<(), Error> {
         self.token.cancel();

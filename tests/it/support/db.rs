@@ -189,8 +189,27 @@ impl TestDb {
         lsn.map(|text| parse_lsn(&text))
     }
 
-    /// Whether `slot` exists and a consumer is streaming from it.
+    /// Whether a walsender is streaming from `slot`.
+    ///
+    /// Not merely whether the slot is active: the backend running
+    /// `pg_create_logical_replication_slot` holds it too, until it has reached
+    /// a consistent point (it waits for running transactions to end), and a
+    /// row committed before that point is never decoded. A test that writes
+    /// once this is true writes after walhook started streaming.
     pub async fn slot_active(&self, slot: &str) -> bool {
+        let sql = "SELECT count(*) FROM pg_replication_slots s \
+                   JOIN pg_stat_activity a ON a.pid = s.active_pid \
+                   WHERE s.slot_name = $1 AND a.backend_type = 'walsender'";
+        let row = self
+            .client
+            .query_one(sql, &[&slot])
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {}", chain(&err)));
+        row.get::<_, i64>(0) == 1
+    }
+
+    /// Whether any backend holds `slot` (a walsender, or one creating it).
+    pub async fn slot_held(&self, slot: &str) -> bool {
         let sql = "SELECT active FROM pg_replication_slots WHERE slot_name = $1";
         let row = self
             .client
