@@ -133,7 +133,7 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
         Ok(c) => {
             report(CheckLine {
                 ok: true,
-                text: format!("connected to {}", params.target()),
+                text: params.describe_session(&c).await,
             });
             c
         }
@@ -145,8 +145,41 @@ pub async fn check(cfg: &Config, report: &mut (dyn FnMut(CheckLine) + Send)) -> 
             return Err(e.into());
         }
     };
-    setup::preflight(cfg, &client, report).await?;
+    let expect = setup::SlotExpectation {
+        durable: stored_durable_lsn(cfg).await,
+        resync: false,
+    };
+    let preflight = setup::preflight(cfg, &client, expect, report).await;
+    let replication = setup::check_replication_connection(cfg, &params).await;
+    report(match &replication {
+        Ok(text) => CheckLine {
+            ok: true,
+            text: text.clone(),
+        },
+        Err(e) => CheckLine {
+            ok: false,
+            text: e.to_string(),
+        },
+    });
+    preflight?;
+    replication?;
     Ok(())
+}
+
+/// The durable LSN of the configured store, read without its lock (so it
+/// works beside a running walhook); None when there is no store yet or it
+/// cannot be read (opening it for real reports that properly).
+async fn stored_durable_lsn(cfg: &Config) -> Option<u64> {
+    let dir = cfg.store.path.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::store::inspect::StoreView::open(&dir)
+            .and_then(|view| view.durable_lsn())
+            .ok()
+            .flatten()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// How long `walhook replay` waits for a running walhook to apply its request.
@@ -220,6 +253,10 @@ pub struct Hooks {
     pub on_degraded: Option<Arc<dyn Fn(Option<String>) + Send + Sync>>,
     /// new configurations to apply to the subscriptions (SIGHUP)
     pub reload: Option<mpsc::Receiver<Config>>,
+    /// `walhook run --resync`: the operator allows replacing a lost, missing
+    /// or foreign-advanced slot (the changes in between are skipped and the
+    /// gap recorded); without it such a slot stops walhook with exit code 4.
+    pub resync: bool,
     /// a listener the admin server uses instead of binding `admin.listen`
     /// (tests and the demo bind `127.0.0.1:0` and know the port)
     pub admin_listener: Option<tokio::net::TcpListener>,
@@ -293,8 +330,13 @@ async fn run_pipeline(
     let Some(client) = client else {
         return Ok(());
     };
+    tracing::info!("{}", params.describe_session(&client).await);
     let mut lines = Vec::new();
-    let preflight = setup::preflight(&cfg, &client, &mut |line| lines.push(line)).await;
+    let expect = setup::SlotExpectation {
+        durable: stored_durable_lsn(&cfg).await,
+        resync: hooks.resync,
+    };
+    let preflight = setup::preflight(&cfg, &client, expect, &mut |line| lines.push(line)).await;
     for line in &lines {
         if line.ok {
             tracing::info!("check: {}", line.text);
@@ -309,6 +351,19 @@ async fn run_pipeline(
             return Err(err.into());
         }
     };
+    // Before anything is created: a replication connection the server
+    // refuses would otherwise fail only after the slot exists.
+    match setup::check_replication_connection(&cfg, &params).await {
+        Ok(text) => tracing::info!("check: {text}"),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "replication connection not checked; capture will retry it");
+        }
+        Err(e) => {
+            tracing::error!("check failed: {e}");
+            health.set_not_streaming(format!("a start-up check failed: {e}"));
+            return Err(e.into());
+        }
+    }
 
     let store_path = cfg.store.path.clone();
     let store = blocking(move || Store::open(&store_path)).await?;
@@ -318,7 +373,17 @@ async fn run_pipeline(
         blocking(move || s.durable_lsn()).await?
     };
     setup::ensure_publication(&cfg, &client).await?;
-    setup::ensure_slot(&cfg, &client, durable).await?;
+    let expect = setup::SlotExpectation {
+        durable,
+        resync: hooks.resync,
+    };
+    if let Some(resynced) = setup::ensure_slot(&cfg, &client, expect).await? {
+        record_resync(&store, &cfg.source.slot, resynced).await?;
+    }
+    let durable = {
+        let s = store.clone();
+        blocking(move || s.durable_lsn()).await?
+    };
     drop(client);
 
     let mut mapper = FormMapper::new(&cfg.tables);
@@ -391,7 +456,12 @@ async fn run_pipeline(
         let params = params.clone();
         let every = cfg.source.heartbeat.get();
         let token = token.clone();
-        tasks.spawn(async move { heartbeat(params, every, token).await.map_err(Error::from) });
+        let (publication, slot) = (cfg.source.publication.clone(), cfg.source.slot.clone());
+        tasks.spawn(async move {
+            heartbeat(params, every, publication, slot, token)
+                .await
+                .map_err(Error::from)
+        });
     }
     {
         let params = params.clone();
@@ -440,6 +510,28 @@ async fn run_pipeline(
         Some(i) => Err(errors.swap_remove(i)),
         None => errors.into_iter().next().map_or(Ok(()), Err),
     }
+}
+
+/// Records a slot replaced by `--resync` in the store (which also moves the
+/// durable LSN to the new slot's start) and writes the audit line.
+async fn record_resync(store: &Store, slot: &str, resynced: setup::Resynced) -> Result<(), Error> {
+    let reason = format!("slot {}: it {}", resynced.kind, resynced.state);
+    let gap_from = setup::durable_text(resynced.old_durable);
+    let gap_to = crate::event::lsn_text(resynced.new_lsn);
+    {
+        let (s, slot, reason) = (store.clone(), slot.to_string(), reason.clone());
+        let (old, new) = (resynced.old_durable, resynced.new_lsn);
+        blocking(move || s.record_resync(&slot, &reason, old, new)).await?;
+    }
+    tracing::warn!(
+        audit = "resync",
+        slot = %slot,
+        reason = %reason,
+        old_durable_lsn = %gap_from,
+        new_slot_lsn = %gap_to,
+        "resync: replaced the replication slot; changes committed between the old durable LSN and the new slot's start were not captured; events already stored are still delivered"
+    );
+    Ok(())
 }
 
 /// Creates the store's place (cursor) of every subscription it does not know
@@ -761,21 +853,37 @@ async fn connect_with_retry(
     cfg: &Config,
     token: &CancellationToken,
 ) -> Result<Option<tokio_postgres::Client>, Error> {
+    let max = cfg.source.max_connect_attempts.max(1);
     let mut attempt: u32 = 0;
     loop {
-        match params.connect_sql().await {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) if e.is_transient() && attempt + 1 < cfg.source.max_connect_attempts => {
-                attempt += 1;
-                let delay = Duration::from_millis(250u64 << attempt.min(7));
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "cannot connect to PostgreSQL; retrying");
-                tokio::select! {
-                    biased;
-                    _ = token.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
-                }
+        attempt += 1;
+        let err = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(None),
+            connected = params.connect_sql() => match connected {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) => e,
+            },
+        };
+        // Authentication and configuration problems need a person: retrying
+        // would only add failed logins to the server's log.
+        if !err.is_transient() {
+            return Err(err.into());
+        }
+        if attempt >= max {
+            return Err(SourceError::GaveUp {
+                attempts: attempt,
+                last: Box::new(err),
             }
-            Err(e) => return Err(e.into()),
+            .into());
+        }
+        // Exponential with jitter, sleeping (not polling) in between.
+        let delay = crate::source::capture::reconnect_delay(attempt);
+        tracing::warn!(error = %err, attempt, max_attempts = max, delay_ms = delay.as_millis() as u64, "cannot connect to PostgreSQL; retrying");
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }

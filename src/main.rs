@@ -35,6 +35,12 @@ enum Command {
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
+        /// Replace a lost, missing or foreign-advanced replication slot with a new one and
+        /// continue. Changes committed between the store's last durable LSN and the new
+        /// slot's start are skipped (the gap is logged and shown by `walhook status`);
+        /// events already stored are still delivered. Without it walhook exits with code 4.
+        #[arg(long)]
+        resync: bool,
     },
     /// Validate the config, connect, and verify every prerequisite; one line per check.
     ///
@@ -102,11 +108,14 @@ enum Command {
 }
 
 /// Logs to stderr in `format`; `default_level` applies unless `RUST_LOG` is set.
+/// Colours only on a terminal: log files and journald get plain `key=value` lines.
 fn init_tracing(default_level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
@@ -171,7 +180,7 @@ async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, resync } => {
             let cfg = match loaded {
                 Some(cfg) => cfg,
                 None => walhook::config::load(&config)?,
@@ -183,6 +192,7 @@ async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
             reload_on_sighup(config, reload_tx);
             let hooks = app::Hooks {
                 reload: Some(reload_rx),
+                resync,
                 ..app::Hooks::default()
             };
             app::run(cfg, token, hooks).await
@@ -262,12 +272,36 @@ async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
     }
 }
 
+/// glibc's malloc raises its mmap threshold to the size of the largest block
+/// freed (up to 32 MiB); blocks below it then come from per-thread arenas and
+/// stay resident after they are freed. A 10 MB row passes through several
+/// such buffers (decoded values, the event JSON, the stored and the sent
+/// copy), and with the default behaviour the process kept hundreds of MB after
+/// a few of them. A fixed 1 MiB threshold gives every large block its own
+/// mapping, returned to the system on free. See
+/// docs/decisions/0008-allocator-tuning.md.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
+    // SAFETY: mallopt only sets a parameter of glibc's allocator; it is
+    // called once, first thing in main, before any other thread exists.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if ok != 1 {
+        eprintln!("walhook: could not set malloc's mmap threshold; memory use after large rows may stay high");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     // `run` logs as its config says ([log]); so the config is read first,
     // and a config error is reported like any other (exit 2).
     let loaded = match &cli.command {
-        Command::Run { config } => match walhook::config::load(config) {
+        Command::Run { config, .. } => match walhook::config::load(config) {
             Ok(cfg) => Some(cfg),
             Err(err) => {
                 eprintln!("walhook: {err}");

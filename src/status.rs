@@ -66,6 +66,21 @@ pub struct SlotStatus {
     pub error: Option<String>,
 }
 
+/// A slot replaced by `walhook run --resync`: a gap in the captured changes.
+#[derive(Debug, Serialize)]
+pub struct ResyncStatus {
+    /// when it happened (RFC 3339, UTC)
+    pub at: String,
+    /// the slot's name
+    pub slot: String,
+    /// what was wrong with the old slot
+    pub reason: String,
+    /// the store's durable LSN before the resync (the gap starts after it)
+    pub gap_from: String,
+    /// the new slot's start (the gap ends there)
+    pub gap_to: String,
+}
+
 /// Everything `walhook status` prints.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
@@ -75,6 +90,8 @@ pub struct StatusReport {
     pub durable_lsn: Option<String>,
     /// the replication slot
     pub slot: SlotStatus,
+    /// every slot replacement (`walhook run --resync`), oldest first
+    pub resyncs: Vec<ResyncStatus>,
     /// one entry per configured subscription
     pub subscriptions: Vec<SubscriptionStatus>,
 }
@@ -107,6 +124,13 @@ impl fmt::Display for StatusReport {
             self.stored_events,
             self.durable_lsn.as_deref().unwrap_or("-")
         )?;
+        for r in &self.resyncs {
+            writeln!(
+                f,
+                "resync at {}: slot {} replaced ({}); changes after {} up to {} were not captured",
+                r.at, r.slot, r.reason, r.gap_from, r.gap_to
+            )?;
+        }
         writeln!(
             f,
             "{:<24} {:<9} {:>9} {:>10} {:>6} {:>8}  last error",
@@ -132,12 +156,13 @@ impl fmt::Display for StatusReport {
 /// Collects the report for `cfg`.
 pub async fn collect(cfg: &Config) -> Result<StatusReport, Error> {
     let dir = cfg.store.path.clone();
-    let (durable, events, subs) = tokio::task::spawn_blocking(move || {
+    let (durable, events, subs, resyncs) = tokio::task::spawn_blocking(move || {
         let view = StoreView::open(&dir)?;
         Ok::<_, crate::store::StoreError>((
             view.durable_lsn()?,
             view.events()?,
             view.subscriptions()?,
+            view.resyncs()?,
         ))
     })
     .await
@@ -170,8 +195,24 @@ pub async fn collect(cfg: &Config) -> Result<StatusReport, Error> {
         stored_events: events,
         durable_lsn: durable.map(crate::event::lsn_text),
         slot: slot_status(cfg).await,
+        resyncs: resyncs
+            .into_iter()
+            .map(|r| ResyncStatus {
+                at: rfc3339_ms(r.at_ms),
+                slot: r.slot,
+                reason: r.reason,
+                gap_from: crate::source::setup::durable_text(r.old_durable_lsn),
+                gap_to: crate::event::lsn_text(r.new_start_lsn),
+            })
+            .collect(),
         subscriptions,
     })
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC (seconds precision).
+fn rfc3339_ms(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 async fn slot_status(cfg: &Config) -> SlotStatus {

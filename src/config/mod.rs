@@ -187,7 +187,8 @@ impl Config {
 /// The database a connection string names; like libpq, the user name when
 /// no dbname is given, and `postgres` when neither is.
 fn database_name(url: &str) -> String {
-    let parsed = <tokio_postgres::Config as std::str::FromStr>::from_str(url).ok();
+    let rest = crate::source::tls::split(url).rest;
+    let parsed = <tokio_postgres::Config as std::str::FromStr>::from_str(&rest).ok();
     parsed
         .as_ref()
         .and_then(|c| c.get_dbname().or(c.get_user()))
@@ -357,6 +358,11 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 /// Time in-flight deliveries get to finish on SIGTERM (Kubernetes grants 30s in total).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Largest request body sent: receivers commonly accept payloads up to 10 MB, and a
+/// row with a 10 MB value is larger still once wrapped in JSON (bytea grows by a third
+/// in base64), so 16 MiB sends those rows while a runaway value becomes a dead letter
+/// ("payload too large") instead of a request no receiver takes.
+pub const DEFAULT_MAX_BODY_BYTES: ByteSize = ByteSize(16 * 1024 * 1024);
 /// Private and local addresses are reachable by default: the demo, the tests and
 /// many sidecar setups post to 127.0.0.1 or a cluster-internal service. Turn the
 /// guard on where subscription URLs come from people who must not reach the
@@ -553,6 +559,8 @@ pub struct DeliveryConfig {
     pub max_concurrency: usize,
     /// Time in-flight deliveries get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Largest request body; a larger one becomes a dead letter ("payload too large").
+    pub max_body_bytes: ByteSize,
     /// Refuse to connect to loopback, private, link-local, CGNAT and other
     /// non-public addresses (checked after DNS resolution, for every address).
     pub deny_private_networks: bool,
@@ -565,6 +573,7 @@ impl Default for DeliveryConfig {
         Self {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             deny_private_networks: DEFAULT_DENY_PRIVATE_NETWORKS,
             allow_networks: Vec::new(),
         }
@@ -685,6 +694,8 @@ pub struct SubscriptionConfig {
     /// Parallel lanes with `ordering = "key"` (1..=256).
     #[serde(default = "default_lanes")]
     pub lanes: u32,
+    /// Largest request body for this subscription; `None` = `delivery.max_body_bytes`.
+    pub max_body_bytes: Option<ByteSize>,
 }
 
 /// Lanes of `ordering = "key"` when `lanes` is not set: enough parallelism to
@@ -795,6 +806,7 @@ impl fmt::Debug for SubscriptionConfig {
             .field("disable_after", &self.disable_after)
             .field("ordering", &self.ordering)
             .field("lanes", &self.lanes)
+            .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
 }

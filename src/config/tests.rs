@@ -578,6 +578,28 @@ fn ordering_and_lanes_are_checked_naming_the_field() {
 }
 
 #[test]
+fn max_body_bytes_has_a_global_default_and_a_per_subscription_override() {
+    let c = parse(&with_sub("")).unwrap();
+    assert_eq!(c.delivery.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(c.delivery.max_body_bytes.get(), 16 * 1024 * 1024);
+    assert_eq!(c.subscriptions[0].max_body_bytes, None);
+    let c = parse(&format!(
+        "[delivery]\nmax_body_bytes = \"10MB\"\n{}",
+        with_sub("max_body_bytes = \"64MiB\"")
+    ))
+    .unwrap();
+    assert_eq!(c.delivery.max_body_bytes.get(), 10_000_000);
+    assert_eq!(
+        c.subscriptions[0].max_body_bytes.map(|b| b.get()),
+        Some(64 * 1024 * 1024)
+    );
+    let err = error(&with_sub("max_body_bytes = 0"));
+    assert!(err.contains("subscriptions[0].max_body_bytes"), "{err}");
+    let err = error(&format!("[delivery]\nmax_body_bytes = 0\n{}", with_sub("")));
+    assert!(err.contains("delivery.max_body_bytes"), "{err}");
+}
+
+#[test]
 fn egress_guard_is_off_by_default_and_parses_its_networks() {
     let c = parse(&with_sub("")).unwrap();
     assert!(!c.delivery.deny_private_networks);
@@ -690,6 +712,88 @@ fn the_redacted_config_shows_defaults_and_hides_every_secret() {
         "password: ***",
     ] {
         assert!(shown.contains(expected), "{expected} missing:\n{shown}");
+    }
+}
+
+fn with_url(url: &str) -> String {
+    format!("[source]\nurl = \"{url}\"\n\n[[tables]]\nname = \"public.orders\"\n\n[[subscriptions]]\nname = \"crm\"\nurl = \"https://crm.example.com/h\"\nformat = \"jiandaoyun\"\n")
+}
+
+#[test]
+fn libpq_tls_modes_tokio_postgres_does_not_know_are_accepted() {
+    for url in [
+        "postgres://u:p@db.example/app?sslmode=verify-full",
+        "postgres://u:p@db.example/app?sslmode=verify-ca&connect_timeout=5",
+        "postgres://u:p@db.example/app?sslrootcert=system",
+        "host=db.example user=u dbname=app sslmode=verify-full",
+    ] {
+        let c = parse(&with_url(url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+        // The database name is still read from the rest of the string.
+        assert_eq!(c.subscriptions[0].app_id.as_deref(), Some("app"), "{url}");
+    }
+}
+
+#[test]
+fn a_missing_or_broken_sslrootcert_is_a_config_error_naming_the_key() {
+    let missing = std::env::temp_dir().join("walhook-no-such-dir/root.pem");
+    let err = parse(&with_url(&format!(
+        "postgres://u:hunter2@h/app?sslmode=verify-full&sslrootcert={}",
+        missing.display()
+    )))
+    .unwrap_err();
+    match &err {
+        ConfigError::Invalid { field, message, .. } => {
+            assert_eq!(field, "source.url");
+            assert!(message.contains("sslrootcert"), "{message}");
+            assert!(message.contains("root.pem"), "names the file: {message}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("walhook-cfg-rootcert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let err = error(&with_url(&format!(
+        "postgres://u@h/app?sslmode=require&sslrootcert={}",
+        junk.display()
+    )));
+    assert!(
+        err.contains("source.url") && err.contains("sslrootcert"),
+        "{err}"
+    );
+    assert!(err.contains("no usable PEM certificate"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unusable_tls_settings_are_config_errors() {
+    for (url, expected) in [
+        (
+            "postgres://u@h/app?sslmode=allow",
+            "sslmode=allow is not supported",
+        ),
+        (
+            "postgres://u@h/app?sslmode=on",
+            "sslmode has an unknown value",
+        ),
+        (
+            "postgres://u@h/app?sslrootcert=/ca.pem",
+            "never checks the server certificate",
+        ),
+        (
+            "postgres://u@h/app?sslcert=/c.pem",
+            "sslcert is not supported",
+        ),
+        (
+            "postgres://u@h/app?sslrootcert=system&sslmode=require",
+            "needs sslmode=verify-full",
+        ),
+    ] {
+        let err = error(&with_url(url));
+        assert!(err.contains("source.url"), "{url}: {err}");
+        assert!(err.contains(expected), "{url}: {err}");
     }
 }
 

@@ -66,6 +66,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.delivery.max_body_bytes.get() == 0 {
+            return Err(ConfigError::invalid(
+                "delivery.max_body_bytes",
+                "must be greater than 0; write a size like \"16MiB\"",
+            ));
+        }
         if self.tables.is_empty() {
             return Err(ConfigError::invalid(
                 "tables",
@@ -129,7 +135,19 @@ fn is_log_filter(text: &str) -> bool {
 }
 
 fn validate_source(source: &SourceConfig) -> Result {
-    if let Err(err) = tokio_postgres::Config::from_str(source.url.expose()) {
+    // sslmode and sslrootcert are ours to read (tokio-postgres knows neither
+    // verify-ca/verify-full nor sslrootcert); the rest is tokio-postgres's.
+    let split = crate::source::tls::split(source.url.expose());
+    let tls = split
+        .settings()
+        .map_err(|err| ConfigError::invalid("source.url", err.to_string()))?;
+    // The root certificates are read now, so a missing or broken file is a
+    // configuration error (exit 2) rather than a failed connection.
+    if tls.mode.requires_tls() {
+        crate::source::tls::load_roots(&tls.roots)
+            .map_err(|err| ConfigError::invalid("source.url", err.to_string()))?;
+    }
+    if let Err(err) = tokio_postgres::Config::from_str(&split.rest) {
         // The parser's messages can echo parts of the string (`unknown option `...``),
         // so only the option-value ones, which name a fixed option, are passed on.
         let detail = std::error::Error::source(&err)
@@ -439,6 +457,12 @@ fn validate_limits(sub: &SubscriptionConfig, field: &str) -> Result {
         return Err(ConfigError::invalid(
             format!("{field}.lanes"),
             format!("must be between 1 and {MAX_LANES}"),
+        ));
+    }
+    if sub.max_body_bytes.is_some_and(|b| b.get() == 0) {
+        return Err(ConfigError::invalid(
+            format!("{field}.max_body_bytes"),
+            "must be greater than 0; write a size like \"16MiB\", or remove the key to use delivery.max_body_bytes",
         ));
     }
     if sub.disable_after == Some(0) {

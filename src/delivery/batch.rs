@@ -28,7 +28,9 @@ pub(crate) struct Limits {
 
 impl Limits {
     /// From `sub.batch`; without it, one event per request and no waiting.
-    pub(crate) fn of(sub: &SubscriptionConfig) -> Limits {
+    /// A batch never grows past `max_body` (the subscription's body limit),
+    /// so only a single event that is too large on its own can exceed it.
+    pub(crate) fn of(sub: &SubscriptionConfig, max_body: usize) -> Limits {
         match &sub.batch {
             None => Limits {
                 max_events: 1,
@@ -39,7 +41,11 @@ impl Limits {
                 max_events: usize::try_from(batch.max_events)
                     .unwrap_or(usize::MAX)
                     .max(1),
-                max_bytes: Some(usize::try_from(batch.max_bytes.get()).unwrap_or(usize::MAX)),
+                max_bytes: Some(
+                    usize::try_from(batch.max_bytes.get())
+                        .unwrap_or(usize::MAX)
+                        .min(max_body),
+                ),
                 max_wait: batch.max_wait.get(),
             },
         }
@@ -160,7 +166,7 @@ mod tests {
             max_bytes: ByteSize(max_bytes),
             max_wait: Duration::from_millis(250).into(),
         });
-        Limits::of(&sub)
+        Limits::of(&sub, usize::MAX)
     }
 
     /// Pushes `lens` one by one into fresh batches: the sizes of the batches.
@@ -197,7 +203,7 @@ mod tests {
         let sub: SubscriptionConfig =
             serde_json::from_value(serde_json::json!({"name": "s", "url": "http://127.0.0.1:1/"}))
                 .unwrap();
-        let limits = Limits::of(&sub);
+        let limits = Limits::of(&sub, usize::MAX);
         assert_eq!(split(limits, &[10, 10, 10_000_000]), [[1], [2], [3]]);
         let batch = Batch::new(limits);
         assert_eq!(batch.deadline(), None);

@@ -138,6 +138,14 @@ pub enum UnsendableError {
     /// The event id cannot be a header value (a corrupt store row).
     #[error("event id {0:?} is not a valid webhook-id header value")]
     InvalidId(String),
+    /// The body is larger than the subscription may send.
+    #[error("payload too large: the body has {bytes} bytes, more than the limit of {limit} bytes (max_body_bytes)")]
+    TooLarge {
+        /// The rendered body's size.
+        bytes: usize,
+        /// The subscription's limit.
+        limit: usize,
+    },
 }
 
 /// What one attempt produced.

@@ -342,8 +342,9 @@ async fn lane(
             },
         };
         let seq = event.seq;
+        let id = event.id.clone();
         match sender
-            .deliver(&mut retry, std::slice::from_ref(&event), CursorMode::Lane)
+            .deliver(&mut retry, vec![event], CursorMode::Lane)
             .await?
         {
             Done::Delivered => {
@@ -364,7 +365,7 @@ async fn lane(
             Done::Disable(why) => return Ok(Some(why)),
             Done::Stopped => {
                 if !sender.shared.shutdown.is_cancelled() {
-                    warn!(subscription = %sender.sub.name, event_id = %event.id, "lane stopped");
+                    warn!(subscription = %sender.sub.name, event_id = %id, "lane stopped");
                 }
                 return Ok(None);
             }

@@ -212,7 +212,17 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     grace: Duration,
     clock: Clock,
+    /// `delivery.max_body_bytes`: the body limit of subscriptions without their own.
+    max_body_bytes: u64,
     metrics: Metrics,
+}
+
+impl Shared {
+    /// The largest body `sub` may send (its `max_body_bytes`, else the global one).
+    pub(crate) fn max_body_bytes(&self, sub: &SubscriptionConfig) -> usize {
+        let limit = sub.max_body_bytes.map_or(self.max_body_bytes, |b| b.get());
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
 }
 
 /// Spawns and equips the per-subscription workers.
@@ -251,6 +261,7 @@ impl Deliveries {
                 shutdown,
                 grace: config.shutdown_grace.get(),
                 clock: Clock::system(),
+                max_body_bytes: config.max_body_bytes.get(),
                 metrics: Metrics::new(),
             },
         })

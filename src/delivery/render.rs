@@ -176,6 +176,13 @@ impl Renderer {
         })
     }
 
+    /// Whether a request of one event is that event's stored JSON, byte for
+    /// byte, with no templated header (the walhook format without `batch`):
+    /// then the body can be the stored payload itself instead of a copy.
+    pub(crate) fn sends_payload_as_is(&self) -> bool {
+        self.format == Format::Walhook && !self.batched && !self.templates.has_headers()
+    }
+
     /// Whether `event` passes the subscription's filter (true without one).
     pub(crate) fn matches(&self, event: &StoredEvent) -> Result<bool, FilterError> {
         if !self.templates.has_filter() {

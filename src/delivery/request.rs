@@ -19,6 +19,8 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
@@ -113,23 +115,22 @@ impl Sender {
     }
 
     /// Sends `events` as one request until it is delivered, dead-lettered,
-    /// the subscription must be disabled, or shutdown stops it.
+    /// the subscription must be disabled, or shutdown stops it. The events
+    /// are taken by value so a dead letter stores them without another copy
+    /// (a 10 MB row must not be held three times).
     pub(crate) async fn deliver(
         &self,
         retry: &mut RetryState,
-        events: &[StoredEvent],
+        events: Vec<StoredEvent>,
         mut mode: CursorMode<'_>,
     ) -> Result<Done, DeliveryError> {
         let Some(first) = events.first() else {
             return Ok(Done::Delivered);
         };
-        let id = first.id.clone();
+        let (id, op, form) = (first.id.clone(), first.op.clone(), first.form.clone());
         let count = events.len();
-        // A render failure is permanent: the policy dead-letters it at once.
-        let (rendered, mut unsendable) = match self.renderer.render(events) {
-            Ok(rendered) => (rendered, None),
-            Err(err) => (Rendered::default(), Some(UnsendableError::from(err))),
-        };
+        let mut events = events;
+        let (mut rendered, mut unsendable, lent) = self.prepare(&mut events);
         loop {
             if let Some(wait) = retry.pending_wait.take() {
                 if !self.sleep_unless_cancelled(wait).await {
@@ -160,10 +161,15 @@ impl Sender {
                 Decision::Disable => AttemptOutcome::Disabled,
             };
             let latencies: Vec<Duration> = if outcome == AttemptOutcome::Delivered {
-                events
-                    .iter()
-                    .filter_map(|e| commit_latency(&e.payload, now))
-                    .collect()
+                if lent {
+                    // The single event's payload is the body.
+                    commit_latency(&rendered.body, now).into_iter().collect()
+                } else {
+                    events
+                        .iter()
+                        .filter_map(|e| commit_latency(&e.payload, now))
+                        .collect()
+                }
             } else {
                 Vec::new()
             };
@@ -172,8 +178,8 @@ impl Sender {
                 .attempt(outcome, took, number > 1, &latencies, now_ms);
             let record = AttemptRecord {
                 event_id: id.clone(),
-                op: first.op.clone(),
-                form: first.form.clone(),
+                op: op.clone(),
+                form: form.clone(),
                 events: u32::try_from(count).unwrap_or(u32::MAX),
                 attempt: number,
                 outcome,
@@ -239,7 +245,11 @@ impl Sender {
                     let status = attempt.status();
                     let excerpt = attempt.excerpt().map(str::to_owned);
                     let recorded = reason.clone();
-                    let events = events.to_vec();
+                    if lent {
+                        // The request is over, so the body is ours alone
+                        // again: this moves the bytes back, without a copy.
+                        events[0].payload = Vec::from(std::mem::take(&mut rendered.body));
+                    }
                     let mut history = self.take_history();
                     history.push(record);
                     self.metrics.dead_lettered(events.len() as u64);
@@ -278,6 +288,38 @@ impl Sender {
                     )));
                 }
             }
+        }
+    }
+
+    /// Renders the request. A single event sent as stored (see
+    /// [`Renderer::sends_payload_as_is`]) lends its payload to the body
+    /// (`true` in the result) instead of copying it, so a 10 MB row is held
+    /// once, not twice, while it is sent. A render failure, like a body over
+    /// `max_body_bytes`, is returned as the error that dead-letters the
+    /// request at once.
+    fn prepare(&self, events: &mut [StoredEvent]) -> (Rendered, Option<UnsendableError>, bool) {
+        let limit = self.shared.max_body_bytes(&self.sub);
+        let too_large = |bytes: usize| Some(UnsendableError::TooLarge { bytes, limit });
+        if let [event] = events {
+            if self.renderer.sends_payload_as_is() {
+                let bytes = event.payload.len();
+                if bytes > limit {
+                    return (Rendered::default(), too_large(bytes), false);
+                }
+                let body = Bytes::from(std::mem::take(&mut event.payload));
+                let rendered = Rendered {
+                    body,
+                    headers: Default::default(),
+                };
+                return (rendered, None, true);
+            }
+        }
+        match self.renderer.render(events) {
+            Ok(rendered) if rendered.body.len() > limit => {
+                (Rendered::default(), too_large(rendered.body.len()), false)
+            }
+            Ok(rendered) => (rendered, None, false),
+            Err(err) => (Rendered::default(), Some(UnsendableError::from(err)), false),
         }
     }
 
@@ -378,13 +420,16 @@ impl Sender {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
+        F: Fn(&Store, &str) -> Result<T, StoreError> + Send + Sync + 'static,
     {
+        // Shared, not cloned, between retries: a dead letter's call holds
+        // its events, and a 10 MB row must not be copied per attempt.
+        let call = Arc::new(call);
         let mut failures: u32 = 0;
         loop {
             let store = self.shared.store.clone();
             let name = self.sub.name.clone();
-            let attempt = call.clone();
+            let attempt = Arc::clone(&call);
             let source = match tokio::task::spawn_blocking(move || attempt(&store, &name)).await {
                 Ok(Ok(value)) => {
                     if failures > 0 {

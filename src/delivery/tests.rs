@@ -1134,9 +1134,15 @@ async fn rate_limit_spaces_requests() {
         json!({"rate_limit": "20/s"}),
     )]);
     let hits = receiver.wait_hits(4).await;
-    for pair in hits.windows(2) {
-        let gap = pair[1].at.duration_since(pair[0].at);
-        assert!(gap >= Duration::from_millis(40), "gap {gap:?}");
+    // 20/s: hit k is sent no earlier than k × 50 ms after the first; arrival
+    // times lag sending by scheduling delay (the first's too), so allow 20 ms.
+    for (k, hit) in hits.iter().enumerate().skip(1) {
+        let since_first = hit.at.duration_since(hits[0].at);
+        let floor = Duration::from_millis(50 * k as u64 - 20);
+        assert!(
+            since_first >= floor,
+            "hit {k} after {since_first:?}, expected at least {floor:?}"
+        );
     }
     h.stop().await;
 }
@@ -1197,6 +1203,196 @@ async fn a_success_resets_the_failure_streak() {
         .await;
     assert_eq!(state.delivered, 1);
     assert_eq!(receiver.hits().len(), 6);
+    h.stop().await;
+}
+
+// ---------------------------------------------------------------- body size limit
+
+impl Harness {
+    /// Appends one event whose `data` carries `pad` bytes of padding; returns its id.
+    fn append_padded(&mut self, pad: usize) -> String {
+        self.next += 1;
+        let id = event_id(self.next);
+        let payload = format!(
+            r#"{{"id":"{id}","op":"data_create","form":"orders","data":{{"n":{},"pad":"{}"}}}}"#,
+            self.next,
+            "x".repeat(pad)
+        );
+        self.store
+            .append(&[
+                Append::Events(vec![NewEvent {
+                    id: id.clone(),
+                    commit_lsn: 0x0100_0000 + self.next,
+                    op: "data_create".to_owned(),
+                    form: "orders".to_owned(),
+                    payload: payload.into_bytes(),
+                    key: Some(self.next.to_string()),
+                }]),
+                Append::Commit {
+                    end_lsn: 0x0100_0000 + self.next + 1,
+                    form_schemas: Vec::new(),
+                },
+            ])
+            .unwrap();
+        self.appended.send_replace(self.store.last_seq().unwrap());
+        id
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_is_dead_lettered_at_once_and_never_sent() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    let small = h.append_padded(10);
+    let big = h.append_padded(5_000);
+    let after = h.append_padded(10);
+    h.spawn(&[subscription(
+        "capped",
+        &receiver.url("/"),
+        json!({"max_body_bytes": "1KiB",
+               "retry": {"max_attempts": 5, "initial": "10ms", "max": "20ms"}}),
+    )]);
+    let state = h
+        .wait_state("capped", "two delivered, one dead letter", |s| {
+            s.delivered == 2 && s.dead_lettered == 1
+        })
+        .await;
+    assert_eq!(
+        state.cursor, 3,
+        "the oversized event does not block the next"
+    );
+    let sent: Vec<String> = receiver
+        .hits()
+        .iter()
+        .map(|hit| hit.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(
+        sent,
+        [small, after.clone()],
+        "the oversized body never went out"
+    );
+    let dead = h.dead_letters("capped");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, big);
+    assert_eq!(dead[0].attempts, 1, "not retried: it cannot get smaller");
+    assert_eq!(dead[0].status, None);
+    assert!(
+        dead[0].reason.starts_with("payload too large") && dead[0].reason.contains("1024"),
+        "{}",
+        dead[0].reason
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn batches_stop_growing_at_max_body_bytes() {
+    let receiver = Receiver::start(vec![], Reply::Status(200)).await;
+    let mut h = Harness::new("1s");
+    let ids: Vec<String> = (0..6).map(|_| h.append_padded(300)).collect();
+    h.spawn(&[subscription(
+        "capped_batches",
+        &receiver.url("/"),
+        json!({"max_body_bytes": 1000,
+               "batch": {"max_events": 100, "max_bytes": "1MiB", "max_wait": "50ms"}}),
+    )]);
+    h.wait_state("capped_batches", "all delivered", |s| s.delivered == 6)
+        .await;
+    let hits = receiver.hits();
+    assert!(hits.len() >= 3, "{} requests", hits.len());
+    for hit in &hits {
+        assert!(hit.body.len() <= 1000, "a {}-byte batch", hit.body.len());
+    }
+    let all: Vec<String> = hits.iter().flat_map(batch_ids).collect();
+    assert_eq!(all, ids);
+    assert!(h.dead_letters("capped_batches").is_empty());
+    h.stop().await;
+}
+
+// ---------------------------------------------------------------- retry schedule (matrix rows 22, 23)
+
+#[tokio::test]
+async fn server_errors_are_retried_on_the_backoff_schedule_within_jitter() {
+    // 500 three times, then 200: four attempts for one event.
+    let receiver = Receiver::start(
+        vec![Reply::Status(500), Reply::Status(500), Reply::Status(500)],
+        Reply::Status(200),
+    )
+    .await;
+    let mut h = Harness::new("1s");
+    // webhook-timestamp has one-second resolution: a wall clock running
+    // 1000x faster makes every attempt's timestamp distinct, while the
+    // backoff sleeps (tokio time) stay real.
+    let base = SystemTime::now();
+    let started = Instant::now();
+    h.deliveries
+        .set_clock(move || base + started.elapsed() * 1000);
+    h.spawn(&[subscription(
+        "schedule",
+        &receiver.url("/"),
+        json!({"auth": {"type": "hmac", "secret": SECRET},
+               "retry": {"max_attempts": 10, "initial": "200ms", "max": "10s"}}),
+    )]);
+    let ids = h.append_n(1);
+    let hits = receiver.wait_hits(4).await;
+    h.wait_state("schedule", "delivered", |s| s.delivered == 1)
+        .await;
+    assert_eq!(receiver.hits().len(), 4, "exactly four attempts");
+    assert!(hits.iter().all(|hit| hit.header("webhook-id") == ids[0]));
+    assert!(
+        hits.iter().all(|hit| verify_signature(hit, SECRET)),
+        "every attempt is signed anew and verifies"
+    );
+    let stamps: Vec<u64> = hits
+        .iter()
+        .map(|hit| hit.header("webhook-timestamp").parse().unwrap())
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "fresh timestamps {stamps:?}"
+    );
+    // initial 200 ms doubling: 200, 400, 800 ms, each ±20%. The gap between
+    // arrivals is the delay plus the request round trips, so the lower bound
+    // is exact and the upper bound gets a little room for the round trips.
+    let gaps: Vec<Duration> = hits.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let scheduled = Duration::from_millis(200 << i);
+        let (low, high) = (scheduled.mul_f64(0.8), scheduled.mul_f64(1.2));
+        assert!(
+            *gap >= low && *gap <= high + Duration::from_millis(150),
+            "retry {} came after {gap:?}, outside {scheduled:?} ± 20% ({gaps:?})",
+            i + 1
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_two_seconds_holds_the_next_attempt_back_at_least_that_long() {
+    let receiver = Receiver::start(
+        vec![Reply::WithHeader(429, "retry-after", "2".into())],
+        Reply::Status(200),
+    )
+    .await;
+    let mut h = Harness::new("1s");
+    // A 50 ms backoff: only Retry-After can explain a two-second wait.
+    h.spawn(&[subscription(
+        "limited2",
+        &receiver.url("/"),
+        json!({"retry": {"max_attempts": 5, "initial": "50ms", "max": "100ms"}}),
+    )]);
+    h.append_n(1);
+    let hits = receiver.wait_hits(2).await;
+    let gap = hits[1].at - hits[0].at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "the next attempt came {gap:?} after a 429 with Retry-After: 2"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "Retry-After: 2 means seconds, not more ({gap:?})"
+    );
+    h.wait_state("limited2", "delivered", |s| s.delivered == 1)
+        .await;
     h.stop().await;
 }
 

@@ -110,7 +110,7 @@ impl Worker {
     ) -> Self {
         let appended = shared.appended.clone();
         Worker {
-            limits: Limits::of(&sub),
+            limits: Limits::of(&sub, shared.max_body_bytes(&sub)),
             sender: Sender::new(sub.clone(), endpoint, renderer, shared.clone()),
             sub,
             shared,
@@ -284,7 +284,7 @@ impl Worker {
         let sender = self.sender.clone();
         let mut retry = self.retry;
         let done = sender
-            .deliver(&mut retry, &events, CursorMode::Commit(self))
+            .deliver(&mut retry, events, CursorMode::Commit(self))
             .await;
         self.retry = retry;
         match done? {
@@ -415,7 +415,7 @@ impl Worker {
     ) -> Result<T, DeliveryError>
     where
         T: Send + 'static,
-        F: FnOnce(&Store, &str) -> Result<T, StoreError> + Clone + Send + 'static,
+        F: Fn(&Store, &str) -> Result<T, StoreError> + Send + Sync + 'static,
     {
         self.sender.store_call(action, call).await
     }

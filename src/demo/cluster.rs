@@ -16,6 +16,12 @@
 //! the effective uid is 0 the directory is handed to the `postgres` OS user and every
 //! server command runs through `runuser -u postgres --`. Root can still read the log.
 //!
+//! # TLS
+//! [`ClusterOptions::tls`] makes the server speak TLS with a given certificate (tests
+//! make one with a CA of their own) and, with [`ServerTls::tls_only`], refuse plain TCP
+//! logins the way a managed service with forced TLS does; the Unix socket stays open
+//! for the harness ([`TempCluster::socket_conninfo`]).
+//!
 //! # Cleanup
 //! Dropping a [`TempCluster`] stops the server (`pg_ctl stop -m immediate`) and deletes
 //! the directory. Because a value in a `static` is never dropped, and because a test
@@ -74,6 +80,8 @@ pub struct ClusterOptions {
     pub bin_dir: Option<PathBuf>,
     /// Start the exit watchdog (see the module docs); on by default.
     pub exit_watchdog: bool,
+    /// Serve TLS (`ssl = on`) with this certificate; `None`: no TLS.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ClusterOptions {
@@ -83,9 +91,44 @@ impl Default for ClusterOptions {
             extra_conf: Vec::new(),
             bin_dir: None,
             exit_watchdog: true,
+            tls: None,
         }
     }
 }
+
+/// The server side of TLS for [`ClusterOptions::tls`]: the certificate and
+/// key go into the data directory (`server.crt`, `server.key`, mode 0600,
+/// owned by the server's OS user).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM), its own certificate first.
+    pub cert_pem: String,
+    /// The certificate's private key (PEM).
+    pub key_pem: String,
+    /// Accept TCP connections over TLS only: `pg_hba.conf` gets `hostssl`
+    /// lines and no `host` lines, so a plain TCP login is refused ("no
+    /// pg_hba.conf entry ... no encryption"). Unix-socket logins stay
+    /// allowed ([`TempCluster::socket_conninfo`]), so a harness can still
+    /// set up databases without TLS of its own.
+    pub tls_only: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("tls_only", &self.tls_only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `pg_hba.conf` of a [`ServerTls::tls_only`] cluster: SCRAM everywhere, TCP
+/// over TLS only.
+const TLS_ONLY_HBA: &str = "# written by walhook's TempCluster: TCP logins over TLS only
+local   all          all                    scram-sha-256
+local   replication  all                    scram-sha-256
+hostssl all          all       127.0.0.1/32 scram-sha-256
+hostssl replication  all       127.0.0.1/32 scram-sha-256
+";
 
 /// How [`TempCluster::stop`] shuts the server down (`pg_ctl stop -m <mode>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +217,7 @@ pub struct TempCluster {
     /// `Some` when we are root and run server commands as this OS user.
     run_as: Option<&'static str>,
     keep: bool,
+    tls_only: bool,
     state: Mutex<State>,
 }
 
@@ -205,6 +249,7 @@ impl TempCluster {
             password: random_password(),
             run_as,
             keep: std::env::var(ENV_KEEP).is_ok_and(|v| v == "1"),
+            tls_only: opts.tls.as_ref().is_some_and(|tls| tls.tls_only),
             state: Mutex::new(State::default()),
         };
         if let Some((uid, gid)) = owner {
@@ -213,6 +258,9 @@ impl TempCluster {
                 .map_err(|source| io_err("hand to the postgres user", &root, source))?;
         }
         cluster.init_db(owner)?;
+        if let Some(tls) = &opts.tls {
+            cluster.set_up_tls(tls, owner)?;
+        }
         if opts.exit_watchdog {
             cluster.spawn_watchdog()?;
         }
@@ -256,6 +304,24 @@ impl TempCluster {
             "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{db}",
             self.password, self.port
         )
+    }
+
+    /// A `key=value` connection string over the Unix socket in [`TempCluster::root`]:
+    /// works without TLS even when [`ServerTls::tls_only`] refuses plain TCP.
+    pub fn socket_conninfo(&self, db: &str) -> String {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={SUPERUSER} password={} dbname={}",
+            quote(&self.root.display().to_string()),
+            self.port,
+            quote(&self.password),
+            quote(db)
+        )
+    }
+
+    /// Whether TCP logins must use TLS ([`ServerTls::tls_only`]).
+    pub fn tls_only(&self) -> bool {
+        self.tls_only
     }
 
     /// The data directory (`PGDATA`).
@@ -338,6 +404,31 @@ impl TempCluster {
         }
         let _ = fs::remove_file(&pwfile);
         result
+    }
+
+    /// Writes the certificate and key, turns `ssl` on and, for
+    /// [`ServerTls::tls_only`], replaces `pg_hba.conf`.
+    fn set_up_tls(&self, tls: &ServerTls, owner: Option<(u32, u32)>) -> Result<(), ClusterError> {
+        let data = self.data_dir();
+        // The server refuses a key file others can read; 0600 for both.
+        write_private_file(&data.join("server.crt"), tls.cert_pem.as_bytes(), owner)?;
+        write_private_file(&data.join("server.key"), tls.key_pem.as_bytes(), owner)?;
+        self.append_conf(&[
+            "ssl = on".to_owned(),
+            "ssl_cert_file = 'server.crt'".to_owned(),
+            "ssl_key_file = 'server.key'".to_owned(),
+        ])?;
+        if tls.tls_only {
+            let hba = data.join("pg_hba.conf");
+            // Truncating the existing file keeps its owner (the server's user).
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&hba)
+                .and_then(|mut file| file.write_all(TLS_ONLY_HBA.as_bytes()))
+                .map_err(|source| io_err("write", &hba, source))?;
+        }
+        Ok(())
     }
 
     fn run_initdb(&self, pwfile: &Path, locale: &str) -> Result<(), ClusterError> {

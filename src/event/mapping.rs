@@ -10,8 +10,13 @@
 //! session and again after the table changed. [`FormMapper::on_relation`]
 //! turns it into a plan (which cells become which fields) cached by relation
 //! id, replacing any earlier plan of that id. A relation of a table that is not
-//! in `[[tables]]` is an error ([`MapError::UnknownTable`]): nothing is dropped
-//! silently. Each form's last known fields (name + type) are remembered;
+//! in `[[tables]]` is remembered as unmapped, and a change of it is an error
+//! ([`MapError::UnknownTable`]): nothing is dropped silently. The Relation
+//! message alone is not an error, because with `publish_via_partition_root`
+//! pgoutput sends the partition's Relation beside the root's before a change
+//! it publishes under the root's id (a table renamed away from its configured
+//! name also lands here, and its next change stops the stream). Each form's
+//! last known fields (name + type) are remembered;
 //! seed them from the store with [`FormMapper::seed_schema`] so a restart does
 //! not report every form as changed. `on_relation` returns a
 //! [`FormSchemaChange`] when the fields differ: `initial: true` on the first
@@ -180,6 +185,11 @@ pub enum MapError {
     },
 }
 
+/// Truncate message flag: `TRUNCATE ... CASCADE`.
+const TRUNCATE_CASCADE: u8 = 1;
+/// Truncate message flag: `TRUNCATE ... RESTART IDENTITY`.
+const TRUNCATE_RESTART_IDENTITY: u8 = 2;
+
 /// How one relation column becomes a field.
 #[derive(Debug, Clone)]
 struct FieldPlan {
@@ -227,6 +237,8 @@ pub struct FormMapper {
     primary_keys: HashMap<(String, String), Vec<String>>,
     type_names: HashMap<u32, String>,
     relations: HashMap<u32, RelationPlan>,
+    /// relation ids announced for tables that are not configured
+    unmapped: HashMap<u32, (String, String)>,
     known_fields: HashMap<String, Vec<FormField>>,
     key_fields: HashMap<String, Vec<String>>,
 }
@@ -239,6 +251,7 @@ impl FormMapper {
             primary_keys: HashMap::new(),
             type_names: HashMap::new(),
             relations: HashMap::new(),
+            unmapped: HashMap::new(),
             known_fields: HashMap::new(),
             key_fields: HashMap::new(),
         }
@@ -291,15 +304,19 @@ impl FormMapper {
     /// Takes a Relation message: caches its plan (replacing any earlier one of
     /// the same id) and returns the form's new fields when they differ from the
     /// last known ones (`initial` when none were known).
+    /// A table that is not configured is remembered as unmapped (`Ok(None)`);
+    /// a change of it is then [`MapError::UnknownTable`].
     pub fn on_relation(&mut self, rel: Relation) -> Result<Option<FormSchemaChange>, MapError> {
-        let table = self
+        let Some(table) = self
             .tables
             .iter()
             .find(|t| t.schema() == rel.schema && t.table() == rel.name)
-            .ok_or_else(|| MapError::UnknownTable {
-                schema: rel.schema.clone(),
-                table: rel.name.clone(),
-            })?;
+        else {
+            self.relations.remove(&rel.id);
+            self.unmapped.insert(rel.id, (rel.schema, rel.name));
+            return Ok(None);
+        };
+        self.unmapped.remove(&rel.id);
         let form = table.form_name().to_string();
 
         let mut fields: Vec<FieldPlan> = Vec::new();
@@ -509,20 +526,33 @@ impl FormMapper {
         Ok(event)
     }
 
-    /// One `data_truncate` event (with `data = {}`) per relation of a
-    /// Truncate message, numbered `first_index`, `first_index + 1`, ...
+    /// One `data_truncate` event per relation of a Truncate message, numbered
+    /// `first_index`, `first_index + 1`, ...; `options` is the message's flag
+    /// byte, shown as `data = {"cascade": bool, "restart_identity": bool}`.
     pub fn truncate(
         &self,
         relation_ids: &[u32],
+        options: u8,
         ctx: &TxContext,
         first_index: u32,
     ) -> Result<Vec<Event>, MapError> {
+        let mut data = Map::new();
+        data.insert(
+            "cascade".into(),
+            Value::Bool(options & TRUNCATE_CASCADE != 0),
+        );
+        data.insert(
+            "restart_identity".into(),
+            Value::Bool(options & TRUNCATE_RESTART_IDENTITY != 0),
+        );
         relation_ids
             .iter()
             .zip(first_index..)
             .map(|(&id, index)| {
                 let plan = self.plan(id)?;
-                Ok(base_event(plan, Op::DataTruncate, ctx, index))
+                let mut event = base_event(plan, Op::DataTruncate, ctx, index);
+                event.data = data.clone();
+                Ok(event)
             })
             .collect()
     }
@@ -558,7 +588,13 @@ impl FormMapper {
     fn plan(&self, relation_id: u32) -> Result<&RelationPlan, MapError> {
         self.relations
             .get(&relation_id)
-            .ok_or(MapError::UnknownRelation { relation_id })
+            .ok_or_else(|| match self.unmapped.get(&relation_id) {
+                Some((schema, table)) => MapError::UnknownTable {
+                    schema: schema.clone(),
+                    table: table.clone(),
+                },
+                None => MapError::UnknownRelation { relation_id },
+            })
     }
 
     fn type_text(&self, type_oid: u32) -> String {
@@ -1070,7 +1106,7 @@ mod tests {
         let new = tuple(vec![t("42"), t("new"), t("7"), t("n")]);
         let e = m.insert(16384, &new, &ctx(), 0).unwrap();
         assert_eq!(m.row_key(&e).as_deref(), Some("new:42"));
-        let e = m.truncate(&[16384], &ctx(), 1).unwrap().remove(0);
+        let e = m.truncate(&[16384], 0, &ctx(), 1).unwrap().remove(0);
         assert_eq!(m.row_key(&e), None);
         let m = orders(b'd');
         let e = m.insert(16384, &new, &ctx(), 0).unwrap();
@@ -1160,20 +1196,32 @@ mod tests {
             columns: vec![col("sku", TEXT, true)],
         })
         .unwrap();
-        let events = m.truncate(&[16384, 16390], &ctx(), 5).unwrap();
+        // TRUNCATE orders, shop.items CASCADE
+        let events = m.truncate(&[16384, 16390], 1, &ctx(), 5).unwrap();
         assert_eq!(events.len(), 2);
         assert_json(
             &events[0],
             &format!(
-                r#"{{"id":"00000000016B3748-0005","op":"data_truncate","form":"orders","data":{{}},{SRC}}}"#
+                r#"{{"id":"00000000016B3748-0005","op":"data_truncate","form":"orders","data":{{"cascade":true,"restart_identity":false}},{SRC}}}"#
             ),
         );
         assert_json(
             &events[1],
-            r#"{"id":"00000000016B3748-0006","op":"data_truncate","form":"items","data":{},"source":{"schema":"shop","table":"items","lsn":"0/16B3748","xid":731,"commit_time":"2026-11-22T04:20:00.123456Z"}}"#,
+            r#"{"id":"00000000016B3748-0006","op":"data_truncate","form":"items","data":{"cascade":true,"restart_identity":false},"source":{"schema":"shop","table":"items","lsn":"0/16B3748","xid":731,"commit_time":"2026-11-22T04:20:00.123456Z"}}"#,
         );
+        // TRUNCATE orders RESTART IDENTITY; both flags
+        let flags = |options: u8| {
+            let e = m.truncate(&[16384], options, &ctx(), 0).unwrap().remove(0);
+            (
+                e.data["cascade"].clone(),
+                e.data["restart_identity"].clone(),
+            )
+        };
+        assert_eq!(flags(0), (Value::Bool(false), Value::Bool(false)));
+        assert_eq!(flags(2), (Value::Bool(false), Value::Bool(true)));
+        assert_eq!(flags(3), (Value::Bool(true), Value::Bool(true)));
         assert!(matches!(
-            m.truncate(&[16384, 1], &ctx(), 0),
+            m.truncate(&[16384, 1], 0, &ctx(), 0),
             Err(MapError::UnknownRelation { relation_id: 1 })
         ));
     }
@@ -1273,11 +1321,15 @@ mod tests {
     }
 
     #[test]
-    fn unknown_table_is_an_error() {
+    fn a_change_of_an_unknown_table_is_an_error() {
         let mut m = FormMapper::new(&[table("orders")]);
         let mut rel = orders_rel(b'd');
         rel.name = "users".into();
-        let err = m.on_relation(rel).unwrap_err();
+        // The Relation alone is fine (partitions are announced beside their root)...
+        assert_eq!(m.on_relation(rel).unwrap(), None);
+        // ...a change of it is not.
+        let new = tuple(vec![t("42"), t("new"), t("7"), t("n")]);
+        let err = m.insert(16384, &new, &ctx(), 0).unwrap_err();
         assert!(
             matches!(&err, MapError::UnknownTable { schema, table } if schema == "public" && table == "users")
         );
@@ -1285,7 +1337,22 @@ mod tests {
         // Same table name in another schema is not the configured one.
         let mut rel = orders_rel(b'd');
         rel.schema = "archive".into();
-        assert!(m.on_relation(rel).is_err());
+        rel.id = 16399;
+        assert_eq!(m.on_relation(rel).unwrap(), None);
+        assert!(matches!(
+            m.truncate(&[16399], 0, &ctx(), 0),
+            Err(MapError::UnknownTable { .. })
+        ));
+        // A configured table renamed away: its id becomes unmapped.
+        let mut m = orders(b'd');
+        assert!(m.insert(16384, &new, &ctx(), 0).is_ok());
+        let mut rel = orders_rel(b'd');
+        rel.name = "orders_old".into();
+        assert_eq!(m.on_relation(rel).unwrap(), None);
+        assert!(matches!(
+            m.insert(16384, &new, &ctx(), 1),
+            Err(MapError::UnknownTable { table, .. }) if table == "orders_old"
+        ));
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub struct Event {
     pub op: Op,
     /// The form (configured name of the table).
     pub form: String,
-    /// The row (new row for create/update, deleted row for remove; `{}` for truncate).
+    /// The row (new row for create/update, deleted row for remove;
+    /// `{"cascade", "restart_identity"}` for truncate).
     pub data: Map<String, Value>,
     /// For updates: what Postgres sent of the previous row (key columns or all).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,7 +70,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::pgoutput::{self, Message};
-use super::{ConnParams, SourceError};
+use super::{ConnParams, SlotProblem, SourceError};
 use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
@@ -330,16 +330,33 @@ impl Capture {
             return err;
         };
         let slot = &self.cfg.source.slot;
+        // 42704 (undefined object) from the walsender: pgoutput could not load
+        // our publication at the position it was decoding.
+        if err.sqlstate().as_deref() == Some(UNDEFINED_OBJECT) {
+            if let Ok(exists) =
+                super::setup::publication_exists(&client, &self.cfg.source.publication).await
+            {
+                return publication_unusable(
+                    &self.cfg.source.publication,
+                    slot,
+                    exists,
+                    Some(*self.durable.borrow()),
+                );
+            }
+        }
+        let durable = super::setup::durable_text(Some(*self.durable.borrow()));
         match super::setup::slot_info(&client, slot).await {
             Ok(None) => SourceError::SlotLost {
+                kind: SlotProblem::Missing,
                 slot: slot.clone(),
-                state: "missing (dropped while walhook ran)".into(),
-                durable: crate::event::lsn_text(*self.durable.borrow()),
+                state: "does not exist (it was dropped while walhook ran)".into(),
+                durable,
             },
             Ok(Some(info)) if info.wal_status.as_deref() == Some("lost") => SourceError::SlotLost {
+                kind: SlotProblem::Lost,
                 slot: slot.clone(),
-                state: "invalidated (wal_status = lost)".into(),
-                durable: crate::event::lsn_text(*self.durable.borrow()),
+                state: "was invalidated while walhook ran (wal_status = lost)".into(),
+                durable,
             },
             _ => err,
         }
@@ -366,7 +383,7 @@ impl Capture {
         }
         let mut client = ReplicationClient::connect(rcfg)
             .await
-            .map_err(SourceError::Replication)?;
+            .map_err(|e| self.params.replication_error(e))?;
         let connect_timeout = self.params.connect_timeout();
         tokio::select! {
             biased;
@@ -375,7 +392,7 @@ impl Capture {
                 return Ok(());
             }
             started = tokio::time::timeout(connect_timeout, client.wait_started()) => match started {
-                Ok(started) => started.map_err(SourceError::Replication)?,
+                Ok(started) => started.map_err(|e| self.params.replication_error(e))?,
                 Err(_) => {
                     // Dropping the client would leave its worker waiting on
                     // the silent socket; abort it.
@@ -629,9 +646,13 @@ impl Capture {
                 let t = in_tx(tx, "DELETE")?;
                 vec![self.mapper.delete(relation_id, &old, &t.ctx, t.index)?]
             }
-            Message::Truncate { relation_ids, .. } => {
+            Message::Truncate {
+                relation_ids,
+                options,
+            } => {
                 let t = in_tx(tx, "TRUNCATE")?;
-                self.mapper.truncate(&relation_ids, &t.ctx, t.index)?
+                self.mapper
+                    .truncate(&relation_ids, options, &t.ctx, t.index)?
             }
             Message::Type { id, schema, name } => {
                 self.mapper.on_type(id, &schema, &name);
@@ -701,6 +722,48 @@ impl Capture {
     }
 }
 
+/// SQLSTATE `undefined_object`: what the walsender (PostgreSQL 14–17) raises
+/// when the publication does not exist at the position it decodes.
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// The error for a publication the slot cannot use: missing (`exists` is
+/// false: dropped, or never created), or created after the slot, whose
+/// history before the publication cannot be decoded with it. `acked` is the
+/// durable LSN when the replication stream itself failed on it, so nothing
+/// after it was acknowledged.
+pub fn publication_unusable(
+    publication: &str,
+    slot: &str,
+    exists: bool,
+    acked: Option<u64>,
+) -> SourceError {
+    let acked = acked
+        .map(|lsn| {
+            format!(
+                "; nothing after LSN {} was acknowledged",
+                crate::event::lsn_text(lsn)
+            )
+        })
+        .unwrap_or_default();
+    let recreate_slot = format!(
+        "stop walhook, SELECT pg_drop_replication_slot('{slot}'), and start walhook again with source.create_slot = true (if its store already holds events, move the store directory away first: changes made before the new slot are not captured)"
+    );
+    if !exists {
+        return SourceError::Precondition {
+            problem: format!("publication '{publication}' does not exist (was it dropped?){acked}"),
+            fix: format!(
+                "recreate it (walhook creates it at start with source.manage_publication = true), then recreate the slot after it, because a slot cannot decode a publication for the time it did not exist: {recreate_slot}"
+            ),
+        };
+    }
+    SourceError::Precondition {
+        problem: format!(
+            "publication '{publication}' was created after replication slot '{slot}', which cannot decode changes from before the publication existed{acked}"
+        ),
+        fix: format!("recreate the slot after the publication: {recreate_slot}"),
+    }
+}
+
 fn in_tx<'a>(tx: &'a mut Option<Tx>, what: &str) -> Result<&'a mut Tx, SourceError> {
     tx.as_mut().ok_or_else(|| {
         SourceError::Internal(format!(
@@ -709,8 +772,9 @@ fn in_tx<'a>(tx: &'a mut Option<Tx>, what: &str) -> Result<&'a mut Tx, SourceErr
     })
 }
 
-/// Exponential reconnect delay with ±20% jitter.
-fn reconnect_delay(failures: u32) -> Duration {
+/// Exponential reconnect delay with ±20% jitter (also used for the first
+/// connection at start-up).
+pub(crate) fn reconnect_delay(failures: u32) -> Duration {
     let exp = RECONNECT_INITIAL_DELAY.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let base = exp.min(RECONNECT_MAX_DELAY);
     let jitter: f64 = rand::random_range(0.8..1.2);
@@ -720,9 +784,16 @@ fn reconnect_delay(failures: u32) -> Duration {
 /// Periodically writes a non-transactional logical message so an idle slot
 /// has a position to advance to even when the published tables are quiet
 /// (the WAL of other tables and databases would otherwise pile up).
+///
+/// Each beat also checks that the publication still exists: PostgreSQL 18's
+/// pgoutput skips a missing publication with a server-side WARNING instead of
+/// failing the stream, so without this check a dropped publication would go
+/// unnoticed. A missing publication stops walhook (exit 3).
 pub async fn heartbeat(
     params: ConnParams,
     every: Duration,
+    publication: String,
+    slot: String,
     token: CancellationToken,
 ) -> Result<(), SourceError> {
     let mut client: Option<tokio_postgres::Client> = None;
@@ -751,8 +822,9 @@ pub async fn heartbeat(
                     context: "heartbeat".into(),
                     source,
                 })?;
+                return super::setup::publication_exists(c, &publication).await;
             }
-            Ok::<(), SourceError>(())
+            Ok::<bool, SourceError>(true)
         };
         let result = tokio::select! {
             biased;
@@ -760,7 +832,8 @@ pub async fn heartbeat(
             r = tokio::time::timeout(every.max(Duration::from_secs(5)), beat) => r,
         };
         match result {
-            Ok(Ok(())) => failures = 0,
+            Ok(Ok(true)) => failures = 0,
+            Ok(Ok(false)) => return Err(publication_unusable(&publication, &slot, false, None)),
             Ok(Err(err)) => {
                 failures += 1;
                 client = None;

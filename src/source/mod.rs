@@ -9,6 +9,8 @@
 //!   writer; see its design note for the acknowledgement rule.
 //! - [`pgoutput`]: a pure `&[u8] → Message` decoder that never panics.
 //! - [`value`]: Postgres text values → JSON with the digits Postgres printed.
+//! - [`tls`]: `sslmode`/`sslrootcert` of `source.url`, applied alike to the
+//!   SQL and the replication connections.
 //!
 //! Errors from Postgres are classified by SQLSTATE ([`SourceError::sqlstate`]),
 //! never by message text.
@@ -16,6 +18,7 @@
 pub mod capture;
 pub mod pgoutput;
 pub mod setup;
+pub mod tls;
 pub mod value;
 
 use std::str::FromStr;
@@ -54,8 +57,30 @@ pub enum SourceError {
         detail: String,
     },
     /// Authentication failed (SQLSTATE 28P01 / 28000).
-    #[error("PostgreSQL rejected the login of role '{user}' ({detail}); check the user and password in source.url")]
-    Auth { user: String, detail: String },
+    #[error("PostgreSQL rejected the login of role '{user}' ({detail}); {fix}")]
+    Auth {
+        user: String,
+        detail: String,
+        /// what to check; depends on whether TLS was used
+        fix: String,
+    },
+    /// TLS could not be set up as `sslmode` asks (refused by the server, an
+    /// untrusted or mismatched certificate, a failed handshake).
+    #[error(
+        "TLS with PostgreSQL at {target} failed ({what} connection, {mode}): {problem}; {fix}"
+    )]
+    Tls {
+        target: String,
+        /// which connection: "sql" or "replication"
+        what: &'static str,
+        /// `sslmode=...` in effect
+        mode: String,
+        problem: String,
+        fix: String,
+    },
+    /// `sslmode`/`sslrootcert` cannot be used (normally caught by config validation).
+    #[error("source.url: {0}")]
+    TlsSettings(#[from] tls::TlsParamError),
     /// A SQL statement failed.
     #[error("{context}: {source}")]
     Sql {
@@ -66,11 +91,23 @@ pub enum SourceError {
     /// A precondition of the database is not met; `fix` says what to do.
     #[error("{problem}; {fix}")]
     Precondition { problem: String, fix: String },
-    /// The replication slot is gone although the store shows earlier progress.
-    #[error("replication slot '{slot}' is {state} but the store has events up to LSN {durable}: changes since then are lost to us; resync required (drop the store directory and start again, or restore the slot). walhook never recreates a slot silently")]
+    /// Every connection attempt failed; `last` is the last attempt's error.
+    #[error("gave up after {attempts} connection attempts: {last}")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        last: Box<SourceError>,
+    },
+    /// The replication slot is lost, missing or was replaced, so the changes
+    /// after the store's durable LSN cannot be read any more.
+    #[error("slot {kind}: resync required: replication slot '{slot}' {state}; the store's last durable LSN is {durable} and the server no longer has the changes after it. Run `walhook run --resync` to replace the slot and continue (events already stored are still delivered; the gap is recorded and shown by `walhook status`), or restore the slot. walhook never recreates a slot by itself")]
     SlotLost {
+        /// `lost` (invalidated or replaced) or `missing`
+        kind: SlotProblem,
         slot: String,
+        /// what the catalog shows, e.g. "is invalidated (wal_status = lost)"
         state: String,
+        /// the store's durable LSN as text (`none` for an empty store)
         durable: String,
     },
     /// Another connection kept the slot for longer than a dead connection of
@@ -98,6 +135,24 @@ pub enum SourceError {
     Internal(String),
 }
 
+/// Why a slot cannot be resumed (the first words of [`SourceError::SlotLost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotProblem {
+    /// Invalidated (`wal_status = lost`), or recreated/advanced by someone else.
+    Lost,
+    /// It does not exist.
+    Missing,
+}
+
+impl std::fmt::Display for SlotProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlotProblem::Lost => "lost",
+            SlotProblem::Missing => "missing",
+        })
+    }
+}
+
 impl SourceError {
     /// The SQLSTATE of a server error, when there is one.
     pub fn sqlstate(&self) -> Option<String> {
@@ -105,6 +160,7 @@ impl SourceError {
             SourceError::Connect { source, .. } | SourceError::Sql { source, .. } => {
                 source.code().map(|c| c.code().to_string())
             }
+            SourceError::GaveUp { last, .. } => last.sqlstate(),
             SourceError::Replication(e) => replication_sqlstate(e),
             _ => None,
         }
@@ -159,6 +215,9 @@ fn replication_sqlstate(e: &pgwire_replication::PgWireError) -> Option<String> {
     (code.len() == 5).then_some(code)
 }
 
+/// The TLS connector of the SQL connections.
+type SqlTls = tokio_postgres_rustls::MakeRustlsConnect;
+
 /// Connection parameters parsed from `source.url`.
 #[derive(Clone)]
 pub struct ConnParams {
@@ -172,7 +231,8 @@ pub struct ConnParams {
     /// database name
     pub dbname: String,
     password: String,
-    ssl_mode: tokio_postgres::config::SslMode,
+    tls: tls::TlsSettings,
+    sql_tls: SqlTls,
     connect_timeout: std::time::Duration,
 }
 
@@ -183,19 +243,26 @@ impl std::fmt::Debug for ConnParams {
 }
 
 impl ConnParams {
-    /// Parses `source.url` (already validated by the config module).
+    /// Parses `source.url` (already validated by the config module) and
+    /// loads the TLS roots it names.
     pub fn from_config(source: &SourceConfig) -> Result<Self, SourceError> {
         let invalid = |problem: &str| SourceError::Precondition {
             problem: format!("source.url {problem}"),
             fix: "use postgres://user:password@host:port/dbname".into(),
         };
-        let mut pg = tokio_postgres::Config::from_str(source.url.expose())
+        let split = tls::split(source.url.expose());
+        let mut tls = split.settings()?;
+        let mut pg = tokio_postgres::Config::from_str(&split.rest)
             .map_err(|_| invalid("is not a valid PostgreSQL connection string"))?;
         let host = match pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "localhost".to_string(),
         };
+        if tls::is_socket_dir(&host) {
+            // As libpq: no TLS over a Unix socket, whatever sslmode says.
+            tls.mode = tls::SslMode::Disable;
+        }
         let port = pg.get_ports().first().copied().unwrap_or(5432);
         let user = pg
             .get_user()
@@ -209,7 +276,12 @@ impl ConnParams {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
-        let ssl_mode = pg.get_ssl_mode();
+        pg.ssl_mode(match tls.mode {
+            tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let sql_tls = SqlTls::new(tls::client_config(&tls)?);
         pg.options(SESSION_OPTIONS);
         pg.application_name("walhook");
         pg.connect_timeout(source.connect_timeout.get());
@@ -220,7 +292,8 @@ impl ConnParams {
             user,
             dbname,
             password,
-            ssl_mode,
+            tls,
+            sql_tls,
             connect_timeout: source.connect_timeout.get(),
         })
     }
@@ -235,26 +308,25 @@ impl ConnParams {
         format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
     }
 
+    /// The TLS mode and roots both connections use.
+    pub fn tls(&self) -> &tls::TlsSettings {
+        &self.tls
+    }
+
     /// Opens an ordinary SQL connection (slots, publications, checks).
     pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SourceError> {
-        if matches!(self.ssl_mode, tokio_postgres::config::SslMode::Require) {
-            return Err(SourceError::Precondition {
-                problem: "sslmode=require is not supported for walhook's SQL connections yet"
-                    .into(),
-                fix: "use sslmode=prefer or disable, or connect through a local TLS proxy".into(),
-            });
-        }
+        let phases = std::sync::Arc::new(tls::Phases::default());
+        let connector = tls::Observed::new(self.sql_tls.clone(), phases.clone());
         // tokio-postgres's own connect_timeout covers the TCP connect only; a
         // server (or network) that accepts and then says nothing must not
         // hang the caller.
-        let connected =
-            tokio::time::timeout(self.connect_timeout, self.pg.connect(tokio_postgres::NoTls))
-                .await
-                .map_err(|_| SourceError::ConnectTimeout {
-                    target: self.target(),
-                    what: "sql",
-                    after: self.connect_timeout,
-                })?;
+        let connected = tokio::time::timeout(self.connect_timeout, self.pg.connect(connector))
+            .await
+            .map_err(|_| SourceError::ConnectTimeout {
+                target: self.target(),
+                what: "sql",
+                after: self.connect_timeout,
+            })?;
         match connected {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
@@ -264,11 +336,73 @@ impl ConnParams {
                 });
                 Ok(client)
             }
-            Err(err) => Err(self.classify_connect_error(err)),
+            Err(err) => Err(self.classify_connect_error(err, &phases)),
         }
     }
 
-    fn classify_connect_error(&self, err: tokio_postgres::Error) -> SourceError {
+    /// Whether the session on `client` runs over TLS, as the server sees it
+    /// (`pg_stat_ssl`), and with which protocol version.
+    pub async fn session_tls(client: &tokio_postgres::Client) -> Option<(bool, Option<String>)> {
+        let row = client
+            .query_opt(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .ok()??;
+        Some((row.get(0), row.get(1)))
+    }
+
+    /// "connected to X over TLS (...)" or "... without TLS": the first line
+    /// of `walhook check` and of the start-up log.
+    pub async fn describe_session(&self, client: &tokio_postgres::Client) -> String {
+        let target = self.target();
+        match Self::session_tls(client).await {
+            Some((true, version)) => format!(
+                "connected to {target} over TLS ({}; {})",
+                version.as_deref().unwrap_or("TLS"),
+                tls::assurance(&self.tls)
+            ),
+            Some((false, _)) => format!(
+                "connected to {target} without TLS (sslmode={})",
+                self.tls.mode
+            ),
+            None => format!("connected to {target}"),
+        }
+    }
+
+    fn tls_error(&self, what: &'static str, problem: String, fix: String) -> SourceError {
+        SourceError::Tls {
+            target: self.target(),
+            what,
+            mode: format!("sslmode={}", self.tls.mode),
+            problem,
+            fix,
+        }
+    }
+
+    fn classify_connect_error(
+        &self,
+        err: tokio_postgres::Error,
+        phases: &tls::Phases,
+    ) -> SourceError {
+        if let Some(tls_err) = tls::handshake_error(&err) {
+            let (problem, fix) = tls::explain_handshake(tls_err, &self.tls, &self.host);
+            return self.tls_error("sql", problem, fix);
+        }
+        let io_failure = std::error::Error::source(&err)
+            .is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some());
+        if self.tls.mode.requires_tls()
+            && phases.tls_refused()
+            && err.as_db_error().is_none()
+            && !io_failure
+        {
+            return self.tls_error(
+                "sql",
+                "the server does not accept TLS connections (it declined the SSL request)".into(),
+                "turn TLS on at the server (ssl = on), or, only on a network you trust, set sslmode=prefer or disable in source.url".into(),
+            );
+        }
         match err.code().map(|c| c.code().to_string()).as_deref() {
             Some("28P01") | Some("28000") => SourceError::Auth {
                 user: self.user.clone(),
@@ -276,6 +410,13 @@ impl ConnParams {
                     .as_db_error()
                     .map(|d| d.message().to_string())
                     .unwrap_or_else(|| "authentication failed".into()),
+                fix: if self.tls.mode == tls::SslMode::Disable {
+                    // pg_hba.conf may admit this login over TLS only
+                    // (hostssl), which a plain connection cannot meet.
+                    "check the user and password in source.url; if the server accepts only TLS connections (hostssl in pg_hba.conf, or rds.force_ssl), set sslmode=require or verify-full in source.url instead of sslmode=disable".into()
+                } else {
+                    "check the user and password in source.url".into()
+                },
             },
             Some("3D000") => SourceError::Precondition {
                 problem: format!("database '{}' does not exist", self.dbname),
@@ -298,18 +439,8 @@ impl ConnParams {
         slot: &str,
         publication: &str,
     ) -> pgwire_replication::ReplicationConfig {
-        use pgwire_replication::{SslMode, TlsConfig};
         // pgwire-replication does not read sslmode itself: TLS is set here,
-        // explicitly, from the URL's sslmode.
-        let tls = match self.ssl_mode {
-            tokio_postgres::config::SslMode::Disable => TlsConfig::disabled(),
-            tokio_postgres::config::SslMode::Require => TlsConfig::require(),
-            _ => {
-                let mut tls = TlsConfig::disabled();
-                tls.mode = SslMode::Prefer;
-                tls
-            }
-        };
+        // explicitly, from the same settings as the SQL connections.
         pgwire_replication::ReplicationConfig::new(
             self.host.clone(),
             self.user.clone(),
@@ -319,9 +450,32 @@ impl ConnParams {
             publication.to_string(),
         )
         .with_port(self.port)
-        .with_tls(tls)
+        .with_tls(tls::replication_tls(&self.tls, &self.host))
         .with_options(SESSION_OPTIONS)
         .with_application_name("walhook")
+    }
+
+    /// A replication error, with a TLS failure told as such (cause and fix).
+    /// pgwire-replication reports TLS failures as text only, so the fix is
+    /// the one for the mode rather than for the exact cause.
+    pub fn replication_error(&self, err: pgwire_replication::PgWireError) -> SourceError {
+        let pgwire_replication::PgWireError::Tls(detail) = &err else {
+            return SourceError::Replication(err);
+        };
+        let fix = match self.tls.mode {
+            tls::SslMode::Disable | tls::SslMode::Prefer | tls::SslMode::Require => {
+                "check that the server accepts TLS connections (ssl = on) and its log for the reason".to_owned()
+            }
+            tls::SslMode::VerifyCa => format!(
+                "check that {} holds the CA that signed the server's certificate; note that walhook's replication connection also needs the certificate to name the host '{}' (a limitation of its replication client under verify-ca): connect with a name the certificate holds",
+                self.tls.roots, self.host
+            ),
+            tls::SslMode::VerifyFull => format!(
+                "check that {} holds the CA that signed the server's certificate and that the certificate names the host '{}'",
+                self.tls.roots, self.host
+            ),
+        };
+        self.tls_error("replication", detail.clone(), fix)
     }
 }
 

@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    lsn_from_sql, lsn_option, subscription_row, StoreError, SubscriptionState, COUNT_BACKLOG,
-    DB_FILE, SELECT_SUBSCRIPTIONS,
+    lsn_from_sql, lsn_option, query_resyncs, subscription_row, Resync, StoreError,
+    SubscriptionState, COUNT_BACKLOG, DB_FILE, SELECT_SUBSCRIPTIONS,
 };
+
+/// The schema version that added the `resyncs` table.
+const RESYNCS_SINCE_VERSION: i64 = 4;
 
 /// Opens the database of the store at `dir` with `flags`, without the
 /// store's lock (for commands that run beside `walhook run`).
@@ -133,6 +136,20 @@ impl StoreView {
             });
         }
         Ok(out)
+    }
+
+    /// Every slot replacement by `walhook run --resync`, oldest first (none
+    /// for a store written before resyncs were recorded).
+    pub fn resyncs(&self) -> Result<Vec<Resync>, StoreError> {
+        let err = StoreError::sqlite(&self.path, "read resyncs");
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(&err)?;
+        if version < RESYNCS_SINCE_VERSION {
+            return Ok(Vec::new());
+        }
+        query_resyncs(&self.conn).map_err(err)
     }
 
     /// The dead letters kept for `subscription`, oldest first, as

@@ -37,7 +37,7 @@
 //! single append-only file that the append's fsync covers. This keeps the
 //! per-delivery `advance` from paying an fsync each.
 //!
-//! # Schema (version 3, `PRAGMA user_version`)
+//! # Schema (version 4, `PRAGMA user_version`)
 //!
 //! * `events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE,
 //!   commit_lsn, op, form, payload BLOB, stored_at_ms, row_key)`: the log
@@ -48,6 +48,9 @@
 //!   have gaps (an ignored re-append consumes one), so counts come from
 //!   `count(*)`, never from subtracting seqs.
 //! * `meta(key, value)`: `durable_lsn`.
+//! * `resyncs(at_ms, slot, reason, old_durable_lsn, new_start_lsn)`
+//!   (version 4): each slot replaced by `walhook run --resync`, i.e. each gap
+//!   in the captured changes.
 //! * `form_schemas(form, fields_json, updated_at_ms)`: the last known fields
 //!   of each form, to detect `form_update` across restarts.
 //! * `subscriptions(name, cursor, attempts, next_attempt_at_ms, last_error,
@@ -295,6 +298,22 @@ pub struct StoreStats {
     pub file_bytes: u64,
 }
 
+/// A slot replaced by `walhook run --resync`: the changes between
+/// `old_durable_lsn` and `new_start_lsn` were never captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    /// When it happened (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// The slot's name.
+    pub slot: String,
+    /// What was wrong with the old slot.
+    pub reason: String,
+    /// The store's durable LSN before the resync; None for an empty store.
+    pub old_durable_lsn: Option<u64>,
+    /// Where the new slot starts.
+    pub new_start_lsn: u64,
+}
+
 /// The embedded store; see the module docs for the acknowledgement rule.
 #[derive(Clone)]
 pub struct Store {
@@ -493,6 +512,49 @@ impl Store {
         }
         self.inner.durable_lsn.store(lsn, Ordering::Release);
         Ok((lsn_option(lsn), inserted_events))
+    }
+
+    /// Records a resync and raises the durable LSN to the new slot's start,
+    /// in one fsynced transaction: from there on, the new slot's position is
+    /// what the store accounts for (the gap before it is in `resyncs`).
+    pub fn record_resync(
+        &self,
+        slot: &str,
+        reason: &str,
+        old_durable_lsn: Option<u64>,
+        new_start_lsn: u64,
+    ) -> Result<(), StoreError> {
+        let err = self.err("record a resync");
+        let mut conn = lock(&self.inner.writer);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        tx.execute(
+            "INSERT INTO resyncs (at_ms, slot, reason, old_durable_lsn, new_start_lsn)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                now_ms(),
+                slot,
+                reason,
+                old_durable_lsn.map(lsn_to_sql),
+                lsn_to_sql(new_start_lsn)
+            ],
+        )
+        .map_err(&err)?;
+        tx.prepare_cached(RAISE_DURABLE_LSN)
+            .and_then(|mut stmt| stmt.execute(params![lsn_to_sql(new_start_lsn)]))
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        self.inner
+            .durable_lsn
+            .fetch_max(new_start_lsn, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Every recorded resync, oldest first.
+    pub fn resyncs(&self) -> Result<Vec<Resync>, StoreError> {
+        let conn = lock(&self.inner.state);
+        query_resyncs(&conn).map_err(self.err("read resyncs"))
     }
 
     /// The LSN that may be acknowledged to Postgres (None before the first).
@@ -1031,6 +1093,22 @@ fn subscription_row(row: &Row<'_>) -> rusqlite::Result<SubscriptionState> {
         dead_lettered: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
         paused: row.get(8)?,
     })
+}
+
+pub(crate) fn query_resyncs(conn: &Connection) -> rusqlite::Result<Vec<Resync>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at_ms, slot, reason, old_durable_lsn, new_start_lsn FROM resyncs ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok(Resync {
+            at_ms: row.get(0)?,
+            slot: row.get(1)?,
+            reason: row.get(2)?,
+            old_durable_lsn: row.get::<_, Option<i64>>(3)?.map(lsn_from_sql),
+            new_start_lsn: lsn_from_sql(row.get(4)?),
+        })
+    })?;
+    rows.collect()
 }
 
 fn event_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {

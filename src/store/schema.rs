@@ -116,6 +116,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attempts_by_time ON attempts(at_ms);
     CREATE INDEX attempts_by_subscription ON attempts(subscription, id);
     ALTER TABLE subscriptions ADD COLUMN paused_at_ms INTEGER;",
+    // 3 -> 4: slots replaced by `walhook run --resync`: the changes between
+    // the store's durable LSN at that moment (`old_durable_lsn`, NULL for an
+    // empty store) and the new slot's start (`new_start_lsn`) were never
+    // captured; `walhook status` shows the gap.
+    "CREATE TABLE resyncs (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms           INTEGER NOT NULL,
+        slot            TEXT    NOT NULL,
+        reason          TEXT    NOT NULL,
+        old_durable_lsn INTEGER,
+        new_start_lsn   INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

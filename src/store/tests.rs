@@ -691,3 +691,35 @@ fn throughput_smoke() {
         100_000.0 / elapsed.as_secs_f64()
     );
 }
+
+#[test]
+fn a_resync_is_recorded_and_moves_the_durable_lsn_to_the_new_slot() {
+    let dir = TestDir::new("resync");
+    {
+        let store = Store::open(&dir.0).unwrap();
+        store.append(&tx(0x100, 2)).unwrap();
+        assert_eq!(store.durable_lsn().unwrap(), Some(0x101));
+        store
+            .record_resync("s", "slot lost: it is invalidated", Some(0x101), 0x9000)
+            .unwrap();
+        assert_eq!(
+            store.durable_lsn().unwrap(),
+            Some(0x9000),
+            "the new slot's start is accounted for"
+        );
+        assert_eq!(count_events(&store), 2, "stored events are kept");
+        // A later, lower progress report does not move it back.
+        store.append(&[Append::Progress { lsn: 0x200 }]).unwrap();
+        assert_eq!(store.durable_lsn().unwrap(), Some(0x9000));
+    }
+    let store = Store::open(&dir.0).unwrap();
+    assert_eq!(store.durable_lsn().unwrap(), Some(0x9000), "persisted");
+    let resyncs = store.resyncs().unwrap();
+    assert_eq!(resyncs.len(), 1);
+    assert_eq!(resyncs[0].slot, "s");
+    assert_eq!(resyncs[0].old_durable_lsn, Some(0x101));
+    assert_eq!(resyncs[0].new_start_lsn, 0x9000);
+    assert!(resyncs[0].reason.contains("invalidated"));
+    let view = inspect::StoreView::open(&dir.0).unwrap();
+    assert_eq!(view.resyncs().unwrap(), resyncs, "status sees it too");
+}

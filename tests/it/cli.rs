@@ -81,7 +81,9 @@ async fn check_passes_then_names_database_problems_with_exit_3() {
     db.execute(
         "CREATE TABLE good (id int PRIMARY KEY);
          CREATE TABLE nokey (x int);
-         CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE parted (id int, v text) PARTITION BY RANGE (id);
+         ALTER TABLE parted REPLICA IDENTITY FULL;
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
          CREATE TABLE withmail (id int PRIMARY KEY, email text);
          CREATE ROLE plain_role LOGIN PASSWORD 'pw';",
     )
@@ -122,9 +124,9 @@ async fn check_passes_then_names_database_problems_with_exit_3() {
         ),
         (
             ConfigText::new(&db.url(), &name, &dir.join("store"))
-                .table("name = \"parted\"")
+                .table("name = \"parted\"\nkey = [\"id\"]")
                 .render(),
-            "list its partitions",
+            "partitions do not inherit REPLICA IDENTITY",
         ),
         (
             ConfigText::new(&db.url(), &name, &dir.join("store"))

@@ -253,3 +253,125 @@ async fn gone_in_one_lane_disables_the_whole_subscription_at_the_watermark() {
     .await;
     wh.stop().await.unwrap();
 }
+
+/// Matrix row 27, with the shared oracle's ledger: the receiver answers 400
+/// to every request for key 42, whose row is updated three times. Key 42's
+/// events go out one at a time (its updates wait behind the failing create),
+/// the other keys are delivered meanwhile, each of 42's events becomes a dead
+/// letter after `max_attempts` (which releases the key, as documented), and
+/// `replay --dead` re-delivers them in order under the same `webhook-id`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_key_waits_in_its_lane_then_replay_redelivers_it_with_the_same_ids() {
+    use crate::support::oracle::{self, Ledger};
+    const ATTEMPTS: usize = 3;
+    let db = TestDb::new().await;
+    Ledger::create(&db).await;
+    let receiver = TestReceiver::start().await;
+    let poison = Arc::new(AtomicBool::new(true));
+    let flag = poison.clone();
+    receiver.set_rule(move |body| {
+        let event: serde_json::Value = serde_json::from_slice(body).ok()?;
+        (flag.load(Ordering::SeqCst) && event["data"]["k"].as_i64() == Some(FAILING))
+            .then_some(Reply::Status(400))
+    });
+    let name = db_name(&db);
+    let store = scratch_dir(&name);
+    let cfg = ConfigText::new(&db.url(), &name, &store)
+        .table(Ledger::TABLE_TOML)
+        .subscription(
+            "hook",
+            &receiver.url(),
+            &format!(
+                "ordering = \"key\"\nlanes = {LANES}\n\
+                 retry = {{ max_attempts = {ATTEMPTS}, initial = \"50ms\", max = \"100ms\" }}"
+            ),
+        );
+    let wh = InProcess::start(cfg.parse()).await;
+    Ledger::insert(&db, 1, ROWS).await;
+    for _ in 0..3 {
+        Ledger::bump(&db, 1, ROWS).await;
+    }
+    let committed = oracle::committed(&db).await.len();
+    assert_eq!(committed, ROWS as usize * EVENTS_PER_ROW);
+
+    // Everything is either delivered or, for 42, dead-lettered.
+    let verdict = oracle::settle(&db, &receiver, Some(&store), "hook", WAIT).await;
+    verdict.assert_ok(0);
+    assert_eq!(verdict.dead_lettered, EVENTS_PER_ROW, "42's four events");
+    assert_eq!(
+        verdict.delivered,
+        (ROWS as usize - 1) * EVENTS_PER_ROW,
+        "every other key"
+    );
+
+    // 42's attempts in arrival order: each event tried ATTEMPTS times before
+    // the next one of 42 went out at all.
+    let attempts_42: Vec<(String, i64)> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json())
+        .filter(|e| e["data"]["k"].as_i64() == Some(FAILING))
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["data"]["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let seqs: Vec<i64> = attempts_42.iter().map(|(_, seq)| *seq).collect();
+    let expected: Vec<i64> = (1..=EVENTS_PER_ROW as i64)
+        .flat_map(|seq| std::iter::repeat_n(seq, ATTEMPTS))
+        .collect();
+    assert_eq!(seqs, expected, "one event of 42 at a time, in commit order");
+    let mut dead_ids: Vec<String> = attempts_42.iter().map(|(id, _)| id.clone()).collect();
+    dead_ids.dedup();
+    let stored_dead: Vec<String> = walhook::store::inspect::StoreView::open(&store)
+        .unwrap()
+        .dead_letter_payloads("hook")
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(stored_dead, dead_ids, "the dead letters are 42's events");
+
+    // The receiver is fixed; replay the dead letters into the running walhook.
+    poison.store(false, Ordering::SeqCst);
+    let before = receiver.requests().len();
+    walhook::app::replay(&cfg.parse(), "hook", walhook::app::Replay::Dead)
+        .await
+        .unwrap();
+    let replayed = eventually(WAIT, "42's events re-delivered", || {
+        let got: Vec<(String, i64)> = receiver.requests()[before..]
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| {
+                let e = r.json();
+                assert_eq!(
+                    r.header("webhook-id"),
+                    e["id"].as_str(),
+                    "webhook-id is the event id"
+                );
+                (
+                    e["id"].as_str().unwrap().to_owned(),
+                    e["data"]["seq"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        async move { (got.len() >= EVENTS_PER_ROW).then_some(got) }
+    })
+    .await;
+    let replayed_ids: Vec<String> = replayed.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(replayed_ids, dead_ids, "same webhook-ids, same order");
+    assert_eq!(
+        replayed.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    wh.stop().await.unwrap();
+    let verdict = oracle::check(&db, &receiver, Some(&store), "hook").await;
+    verdict.assert_ok(0);
+    assert_eq!(
+        verdict.delivered,
+        ROWS as usize * EVENTS_PER_ROW,
+        "now every event arrived"
+    );
+}

@@ -187,8 +187,17 @@ impl InProcess {
     }
 
     /// Whether walhook has stopped by itself (an error ended its run).
-    pub fn finished(&self) -> bool {
+    pub fn has_stopped(&self) -> bool {
         self.handle.is_finished()
+    }
+
+    /// Waits, without cancelling, until walhook stops by itself (a failure)
+    /// and returns its result.
+    pub async fn finished(self, timeout: Duration) -> Result<(), Error> {
+        tokio::time::timeout(timeout, self.handle)
+            .await
+            .unwrap_or_else(|_| panic!("walhook did not stop by itself within {timeout:?}"))
+            .expect("walhook task panicked")
     }
 
     /// Stops walhook cleanly and returns its result.
@@ -230,6 +239,21 @@ pub fn spawn_run_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
         .arg(config)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("cannot spawn walhook")
+}
+
+/// Spawns `walhook ARGS` (any command, e.g. `run --resync -c FILE`) as a child process,
+/// stdout and stderr in `log`.
+pub fn spawn_walhook(args: &[&str], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

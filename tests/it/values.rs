@@ -214,10 +214,10 @@ async fn random_rows_round_trip_exactly_under_hostile_role_settings() {
     eventually(
         WAIT,
         "every event delivered, or walhook stopped",
-        || async { (receiver.requests().len() >= 2 * ROWS || wh.finished()).then_some(()) },
+        || async { (receiver.requests().len() >= 2 * ROWS || wh.has_stopped()).then_some(()) },
     )
     .await;
-    if wh.finished() {
+    if wh.has_stopped() {
         let result = wh.stop().await;
         panic!("seed {seed}: walhook stopped while delivering the rows: {result:?}");
     }

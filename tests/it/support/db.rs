@@ -87,13 +87,13 @@ impl TestDb {
     /// A fresh database on `cluster` (from [`start_cluster`]).
     pub async fn on(cluster: Arc<TempCluster>) -> TestDb {
         let name = unique_db_name();
-        let admin = connect_url(&cluster.url("postgres")).await;
+        let admin = connect_url(&harness_conninfo(&cluster, "postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap_or_else(|err| panic!("CREATE DATABASE {name}: {}", chain(&err)));
         drop(admin);
-        let client = connect_url(&cluster.url(&name)).await;
+        let client = connect_url(&harness_conninfo(&cluster, &name)).await;
         TestDb {
             cluster,
             name,
@@ -133,12 +133,12 @@ impl TestDb {
 
     /// A new connection to this database (e.g. after the cluster was restarted).
     pub async fn connect(&self) -> Client {
-        connect_url(&self.url()).await
+        connect_url(&harness_conninfo(&self.cluster, &self.name)).await
     }
 
     /// Replaces the client with a new connection (after the cluster was restarted).
     pub async fn reconnect(&mut self) {
-        self.client = connect_url(&self.url()).await;
+        self.client = self.connect().await;
     }
 
     /// Runs one or more statements (simple protocol); panics with the SQL on error.
@@ -189,8 +189,27 @@ impl TestDb {
         lsn.map(|text| parse_lsn(&text))
     }
 
-    /// Whether `slot` exists and a consumer is streaming from it.
+    /// Whether a walsender is streaming from `slot`.
+    ///
+    /// Not merely whether the slot is active: the backend running
+    /// `pg_create_logical_replication_slot` holds it too, until it has reached
+    /// a consistent point (it waits for running transactions to end), and a
+    /// row committed before that point is never decoded. A test that writes
+    /// once this is true writes after walhook started streaming.
     pub async fn slot_active(&self, slot: &str) -> bool {
+        let sql = "SELECT count(*) FROM pg_replication_slots s \
+                   JOIN pg_stat_activity a ON a.pid = s.active_pid \
+                   WHERE s.slot_name = $1 AND a.backend_type = 'walsender'";
+        let row = self
+            .client
+            .query_one(sql, &[&slot])
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {}", chain(&err)));
+        row.get::<_, i64>(0) == 1
+    }
+
+    /// Whether any backend holds `slot` (a walsender, or one creating it).
+    pub async fn slot_held(&self, slot: &str) -> bool {
         let sql = "SELECT active FROM pg_replication_slots WHERE slot_name = $1";
         let row = self
             .client
@@ -215,6 +234,17 @@ pub fn parse_lsn(text: &str) -> u64 {
         Some((u64::from(high) << 32) | u64::from(low))
     };
     parse().unwrap_or_else(|| panic!("{text:?} is not an LSN (expected X/Y in hex)"))
+}
+
+/// How the harness itself reaches `db`: over TCP like walhook, or over the Unix socket
+/// when the cluster refuses plain TCP ([`TempCluster::tls_only`]), so the harness needs
+/// no TLS of its own to set up and inspect databases.
+fn harness_conninfo(cluster: &TempCluster, db: &str) -> String {
+    if cluster.tls_only() {
+        cluster.socket_conninfo(db)
+    } else {
+        cluster.url(db)
+    }
 }
 
 /// Connects and drives the connection on the current runtime.
@@ -263,7 +293,18 @@ fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if scheme < at => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
-        _ => url.to_owned(),
+        // key=value form: drop the password's value.
+        _ => url
+            .split(' ')
+            .map(|part| {
+                if part.starts_with("password=") {
+                    "password=***"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
