@@ -87,12 +87,13 @@ fuzz_target!(|data: &[u8]| {
             Message::Delete { relation_id, old } => {
                 vec![mapper.delete(relation_id, &old, &ctx, index)]
             }
-            Message::Truncate { relation_ids, .. } => {
-                match mapper.truncate(&relation_ids, &ctx, index) {
-                    Ok(events) => events.into_iter().map(Ok).collect(),
-                    Err(err) => vec![Err(err)],
-                }
-            }
+            Message::Truncate {
+                options,
+                relation_ids,
+            } => match mapper.truncate(&relation_ids, options, &ctx, index) {
+                Ok(events) => events.into_iter().map(Ok).collect(),
+                Err(err) => vec![Err(err)],
+            },
             Message::Commit { .. } | Message::Origin { .. } | Message::Message { .. } => Vec::new(),
         };
         for event in events.into_iter().flatten() {
