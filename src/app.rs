@@ -645,8 +645,20 @@ impl Workers {
         let (id, result) = match joined {
             Ok((id, result)) => (id, result),
             Err(err) => {
-                tracing::error!(error = %err, "a delivery worker panicked");
-                (err.id(), Ok(()))
+                let id = err.id();
+                let subscription = self.names.get(&id).cloned().unwrap_or_default();
+                tracing::error!(subscription = %subscription, error = %err, "a delivery worker panicked");
+                // A panic is a bug: stop (exit 1) rather than run on silently
+                // without this subscription's deliveries.
+                let result = if err.is_panic() {
+                    Err(DeliveryError::Worker {
+                        subscription,
+                        source: err,
+                    })
+                } else {
+                    Ok(())
+                };
+                (id, result)
             }
         };
         let name = self.names.remove(&id);

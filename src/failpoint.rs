@@ -133,6 +133,7 @@ mod active {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub(super) enum Action {
         Exit,
+        Panic,
         Sleep(u64),
         Pause(Option<PathBuf>),
         Error(Option<PathBuf>),
@@ -155,6 +156,7 @@ mod active {
             }
             match &self.action {
                 Action::Exit => write!(f, "exit"),
+                Action::Panic => write!(f, "panic"),
                 Action::Sleep(ms) => write!(f, "sleep({ms})"),
                 Action::Pause(None) => write!(f, "pause"),
                 Action::Pause(Some(p)) => write!(f, "pause({})", p.display()),
@@ -214,17 +216,16 @@ mod active {
             let path = |arg: Option<&str>| arg.filter(|a| !a.is_empty()).map(PathBuf::from);
             let action = match (verb, arg) {
                 ("exit", None) => Action::Exit,
+                ("panic", None) => Action::Panic,
                 ("sleep", Some(ms)) => Action::Sleep(
                     ms.parse()
                         .map_err(|_| bad("sleep takes milliseconds: sleep(250)"))?,
                 ),
                 ("pause", arg) => Action::Pause(path(arg)),
                 ("error", arg) => Action::Error(path(arg)),
-                _ => {
-                    return Err(bad(
-                        "ACTION is exit, sleep(MS), pause, pause(PATH), error or error(PATH)",
-                    ))
-                }
+                _ => return Err(bad(
+                    "ACTION is exit, panic, sleep(MS), pause, pause(PATH), error or error(PATH)",
+                )),
             };
             rules.push(Rule {
                 name: name.to_owned(),
@@ -272,6 +273,7 @@ mod active {
                 // as a process can do to itself.
                 std::process::exit(EXIT_CODE);
             }
+            Action::Panic => panic!("failpoint {name}: panic"),
             Action::Sleep(ms) => {
                 block(|| std::thread::sleep(Duration::from_millis(*ms)));
                 false
@@ -291,6 +293,7 @@ mod active {
     fn describe(action: &Action) -> &'static str {
         match action {
             Action::Exit => "exit",
+            Action::Panic => "panic",
             Action::Sleep(_) => "sleep",
             Action::Pause(_) => "pause",
             Action::Error(_) => "error",

@@ -101,6 +101,16 @@ pub enum DeliveryError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// A subscription's worker panicked: a bug. walhook stops (exit 1)
+    /// rather than go on without delivering to that subscription.
+    #[error("delivery for subscription '{subscription}' stopped unexpectedly (a bug; please report it with the log); restart walhook to resume")]
+    Worker {
+        /// The subscription.
+        subscription: String,
+        /// The join error (the panic).
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client for deliveries")]
     Client(#[source] reqwest::Error),

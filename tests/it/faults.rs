@@ -818,3 +818,37 @@ fn the_tested_binary_has_failpoints() {
         "`walhook --version` of the tested binary: {version}"
     );
 }
+
+/// Exit code 1 (unexpected): a bug — here a panic injected into a delivery
+/// worker — stops walhook with exit 1 and a message, instead of leaving it
+/// running without that subscription's deliveries. A restart resumes with
+/// nothing lost (the event whose 2xx was not marked is sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_stops_walhook_with_exit_1_and_a_restart_loses_nothing() {
+    let db = TestDb::new().await;
+    Ledger::create(&db).await;
+    let receiver = TestReceiver::start().await;
+    let run = Run::new(&db, &receiver, "");
+    let mut wh = Walhook::start(&run, "run1", Some("after_2xx_before_mark=panic"));
+    wait_slot_active(&db, &run.slot, &wh).await;
+
+    Ledger::insert(&db, 1, 3).await;
+    let status = wh.wait_exit(WAIT).await;
+    let log = wh.log();
+    assert_eq!(
+        status.code(),
+        Some(walhook::exit::UNEXPECTED as i32),
+        "a panicking worker must stop walhook with exit 1; log tail:\n{}",
+        wh.tail()
+    );
+    assert!(
+        log.contains("delivery for subscription 'hook' stopped unexpectedly"),
+        "the exit message names the subscription:\n{}",
+        wh.tail()
+    );
+
+    let wh = Walhook::start(&run, "run2", None);
+    let verdict = oracle::settle(&db, &receiver, Some(&run.store), SUB, WAIT).await;
+    verdict.assert_ok(1);
+    wh.stop().await;
+}
