@@ -197,7 +197,7 @@ pub enum Replay {
 /// Files a replay for `name` and reports what it re-queued.
 /// A running walhook applies it within a second; without one, it is applied
 /// here and now.
-pub async fn replay(cfg: &Config, name: &str, what: Replay) -> Result<(), Error> {
+pub async fn replay(cfg: &Config, name: &str, what: Replay, wait: bool) -> Result<(), Error> {
     use crate::store::replay::{replay_outcome, submit_replay, ReplayKind};
     let dir = cfg.store.path.clone();
     let kind = match what {
@@ -232,6 +232,9 @@ pub async fn replay(cfg: &Config, name: &str, what: Replay) -> Result<(), Error>
         let d = dir.clone();
         if let Some(summary) = blocking(move || replay_outcome(&d, id)).await? {
             println!("replay of '{name}': {summary} (applied by the running walhook)");
+            if wait {
+                follow_backlog(&dir, name).await?;
+            }
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
@@ -239,6 +242,35 @@ pub async fn replay(cfg: &Config, name: &str, what: Replay) -> Result<(), Error>
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `walhook replay --wait`: prints the subscription's backlog as the running
+/// walhook delivers it (a line when it changes, at most one a second), until
+/// it is empty. An endpoint that is down keeps it waiting: Ctrl-C stops only
+/// the watching.
+async fn follow_backlog(dir: &std::path::Path, name: &str) -> Result<(), Error> {
+    let mut last: Option<u64> = None;
+    loop {
+        let (d, n) = (dir.to_path_buf(), name.to_string());
+        let backlog = blocking(move || {
+            let view = crate::store::inspect::StoreView::open(&d)?;
+            Ok(view
+                .subscriptions()?
+                .into_iter()
+                .find(|s| s.state.name == n)
+                .map_or(0, |s| s.backlog))
+        })
+        .await?;
+        if backlog == 0 {
+            println!("replay of '{name}': delivered, backlog 0");
+            return Ok(());
+        }
+        if last != Some(backlog) {
+            println!("replay of '{name}': {backlog} events left to deliver");
+            last = Some(backlog);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -82,7 +82,7 @@ enum Command {
     /// --since rewinds NAME to the first event stored within the given time;
     /// --dead re-queues its dead letters at the end of its log. Safe while
     /// `walhook run` is running (it applies the request within a second).
-    /// Example: walhook replay crm --since 2h -c walhook.toml
+    /// Example: walhook replay crm --since 2h --wait -c walhook.toml
     #[command(group(clap::ArgGroup::new("what").required(true).args(["since", "dead"])))]
     Replay {
         /// The subscription's name.
@@ -93,6 +93,10 @@ enum Command {
         /// Re-queue the subscription's dead letters.
         #[arg(long)]
         dead: bool,
+        /// Beside a running walhook: then show the backlog shrinking until
+        /// everything is delivered (Ctrl-C stops only the watching).
+        #[arg(long)]
+        wait: bool,
         /// Config file (TOML).
         #[arg(short, long, env = "WALHOOK_CONFIG", default_value = "walhook.toml")]
         config: PathBuf,
@@ -240,6 +244,7 @@ async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
             name,
             since,
             dead,
+            wait,
             config,
         } => {
             let cfg = walhook::config::load(&config)?;
@@ -257,7 +262,7 @@ async fn main_inner(cli: Cli, loaded: Option<Config>) -> Result<(), Error> {
                 }
                 _ => walhook::app::Replay::Dead,
             };
-            walhook::app::replay(&cfg, &name, what).await
+            walhook::app::replay(&cfg, &name, what, wait).await
         }
         Command::Status { config, json } => {
             let cfg = walhook::config::load(&config)?;

@@ -337,7 +337,7 @@ async fn a_poison_key_waits_in_its_lane_then_replay_redelivers_it_with_the_same_
     // The receiver is fixed; replay the dead letters into the running walhook.
     poison.store(false, Ordering::SeqCst);
     let before = receiver.requests().len();
-    walhook::app::replay(&cfg.parse(), "hook", walhook::app::Replay::Dead)
+    walhook::app::replay(&cfg.parse(), "hook", walhook::app::Replay::Dead, false)
         .await
         .unwrap();
     let replayed = eventually(WAIT, "42's events re-delivered", || {

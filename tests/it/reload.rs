@@ -150,11 +150,25 @@ async fn replay_redelivers_retained_events_with_the_same_ids() {
     // While walhook runs.
     let p = path.clone();
     let out = tokio::task::spawn_blocking(move || {
-        run_cli(&["replay", "hook", "--since", "1h", "-c", p.to_str().unwrap()])
+        run_cli(&[
+            "replay",
+            "hook",
+            "--since",
+            "1h",
+            "--wait",
+            "-c",
+            p.to_str().unwrap(),
+        ])
     })
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // --wait follows the backlog until the running walhook has delivered it.
+    assert!(
+        text.trim_end()
+            .ends_with("replay of 'hook': delivered, backlog 0"),
+        "{text}"
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
