@@ -692,29 +692,16 @@ impl Store {
         delivered: u64,
         attempts: &[AttemptRecord],
     ) -> Result<(), StoreError> {
-        if crate::failpoint::failpoint!("store_state_write") {
-            return Err(StoreError::simulated_full(
-                &self.inner.db_path,
-                "advance cursor",
-            ));
-        }
-        let err = self.err("advance cursor");
-        let mut conn = lock(&self.inner.state);
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        history::insert(&tx, name, attempts).map_err(&err)?;
-        let changed = tx
-            .prepare_cached(
-                "UPDATE subscriptions SET cursor = max(cursor, ?2), attempts = 0,
-                     next_attempt_at_ms = NULL, last_error = NULL,
-                     delivered = delivered + ?3, updated_at_ms = ?4
-                 WHERE name = ?1",
-            )
-            .and_then(|mut stmt| stmt.execute(params![name, seq, sql_u64(delivered), now_ms()]))
-            .map_err(&err)?;
-        expect_row(changed, name)?;
-        tx.commit().map_err(&err)
+        self.update_subscription_with_history(
+            "advance cursor",
+            name,
+            attempts,
+            "UPDATE subscriptions SET cursor = max(cursor, ?2), attempts = 0,
+                 next_attempt_at_ms = NULL, last_error = NULL,
+                 delivered = delivered + ?3, updated_at_ms = ?4
+             WHERE name = ?1",
+            params![name, seq, sql_u64(delivered), now_ms()],
+        )
     }
 
     /// Records a failed attempt on the event after the cursor.
@@ -738,27 +725,40 @@ impl Store {
         error: &str,
         history: &[AttemptRecord],
     ) -> Result<(), StoreError> {
+        self.update_subscription_with_history(
+            "record failure",
+            name,
+            history,
+            "UPDATE subscriptions SET attempts = ?2, next_attempt_at_ms = ?3,
+                 last_error = ?4, updated_at_ms = ?5
+             WHERE name = ?1",
+            params![name, attempts, next_attempt_at_ms, error, now_ms()],
+        )
+    }
+
+    /// One delivery-state write: `history` appended to the attempt log and
+    /// `update` (of subscription `name`'s row, which must exist) in one
+    /// transaction. The `store_state_write` failpoint simulates a full disk.
+    fn update_subscription_with_history(
+        &self,
+        what: &'static str,
+        name: &str,
+        history: &[AttemptRecord],
+        update: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<(), StoreError> {
         if crate::failpoint::failpoint!("store_state_write") {
-            return Err(StoreError::simulated_full(
-                &self.inner.db_path,
-                "record failure",
-            ));
+            return Err(StoreError::simulated_full(&self.inner.db_path, what));
         }
-        let err = self.err("record failure");
+        let err = self.err(what);
         let mut conn = lock(&self.inner.state);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         history::insert(&tx, name, history).map_err(&err)?;
         let changed = tx
-            .prepare_cached(
-                "UPDATE subscriptions SET attempts = ?2, next_attempt_at_ms = ?3,
-                     last_error = ?4, updated_at_ms = ?5
-                 WHERE name = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![name, attempts, next_attempt_at_ms, error, now_ms()])
-            })
+            .prepare_cached(update)
+            .and_then(|mut stmt| stmt.execute(params))
             .map_err(&err)?;
         expect_row(changed, name)?;
         tx.commit().map_err(&err)
