@@ -691,7 +691,7 @@ pub struct SubscriptionConfig {
     /// Delivery order: strict commit order (default) or per row key in parallel lanes.
     #[serde(default)]
     pub ordering: Ordering,
-    /// Parallel lanes with `ordering = "key"` (1..=256).
+    /// Parallel lanes with `ordering = "key"` (1..=1024).
     #[serde(default = "default_lanes")]
     pub lanes: u32,
     /// Largest request body for this subscription; `None` = `delivery.max_body_bytes`.
@@ -702,7 +702,7 @@ pub struct SubscriptionConfig {
 /// hide one slow or failing key without opening many connections at once.
 pub const DEFAULT_LANES: u32 = 8;
 /// The most lanes a subscription may have (each lane holds a bounded queue in memory).
-pub const MAX_LANES: u32 = 256;
+pub const MAX_LANES: u32 = 1024;
 
 fn default_lanes() -> u32 {
     DEFAULT_LANES
