@@ -37,15 +37,17 @@ use crate::source::capture::{heartbeat, Capture};
 use crate::source::setup::{self, CheckLine};
 use crate::source::{ConnParams, SourceError};
 use crate::store::replay::ReplayOutcome;
+use crate::store::queue::AppendReceiver;
 use crate::store::{Append, Start, Store, StoreError};
 
-/// Items queued between capture and the store writer. Each item is at most
-/// one chunk (≈2 MB or 1024 events), so this bounds that queue's memory.
-const WRITER_QUEUE_ITEMS: usize = 8;
+/// Payload bytes queued between capture and the store writer (see
+/// [`crate::store::queue`]): enough for capture to keep decoding through an
+/// fsync, small beside the memory target.
+const WRITER_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The writer groups what is queued into one SQLite transaction (one fsync)
 /// up to this many items.
-const GROUP_COMMIT_ITEMS: usize = 64;
+const GROUP_COMMIT_ITEMS: usize = 1024;
 
 /// How often the supervisor looks for replay requests filed by `walhook replay`.
 const REPLAY_POLL: Duration = Duration::from_secs(1);
@@ -429,7 +431,7 @@ async fn run_pipeline(
         mapper.seed_primary_key(&table.schema, &table.table, table.primary_key.clone());
     }
 
-    let (writer_tx, writer_rx) = mpsc::channel::<Append>(WRITER_QUEUE_ITEMS);
+    let (writer_tx, writer_rx) = crate::store::queue::append_queue(WRITER_QUEUE_BYTES);
     let (durable_tx, durable_rx) = watch::channel(durable.unwrap_or(0));
     let last_seq = {
         let s = store.clone();
@@ -954,18 +956,25 @@ async fn blocking<T: Send + 'static>(
 /// durable transaction is acknowledged and Postgres keeps the WAL.
 async fn store_writer(
     store: Store,
-    mut rx: mpsc::Receiver<Append>,
+    mut rx: AppendReceiver,
     durable_tx: watch::Sender<u64>,
     seq_tx: watch::Sender<i64>,
     metrics: Metrics,
     token: CancellationToken,
 ) -> Result<(), Error> {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+        // The permits go back to capture's budget only once the batch is
+        // written, so what waits here and what is being written share it.
+        let mut permits = Vec::new();
+        let mut batch = vec![first.item];
+        permits.push(first.permit);
         while batch.len() < GROUP_COMMIT_ITEMS {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+                Some(q) => {
+                    batch.push(q.item);
+                    permits.push(q.permit);
+                }
+                None => break,
             }
         }
         // Counted per (form, op) before the batch moves to the store thread.
@@ -983,6 +992,7 @@ async fn store_writer(
         let has_commit = batch.iter().any(|i| matches!(i, Append::Commit { .. }));
         let (durable, last_seq, inserted) =
             append_until_written(&store, Arc::new(batch), &token).await?;
+        drop(permits);
         metrics.stored(inserted);
         if has_commit && crate::failpoint::failpoint!("after_store_commit_before_ack") {
             return Err(Error::Internal(

@@ -66,7 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{FeedbackObserver, Lsn, ReplicationClient, ReplicationEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::pgoutput::{self, Message};
@@ -75,6 +75,7 @@ use crate::config::Config;
 use crate::event::mapping::{FormMapper, TxContext};
 use crate::event::Event;
 use crate::health::Health;
+use crate::store::queue::AppendSender;
 use crate::store::{Append, FormSchema, NewEvent};
 use std::collections::HashMap;
 
@@ -89,6 +90,10 @@ const CHUNK_EVENTS: usize = 1024;
 /// ...or this many payload bytes, so a 1-million-row transaction streams into
 /// the store in bounded pieces instead of accumulating in memory.
 const CHUNK_BYTES: usize = 2 * 1024 * 1024;
+
+/// The serialization buffer is kept between events up to this capacity; a
+/// larger one (a huge row) is released after use.
+const SCRATCH_KEEP: usize = 64 * 1024;
 
 /// First reconnect delay; doubled per consecutive failure up to
 /// [`RECONNECT_MAX_DELAY`].
@@ -131,7 +136,10 @@ pub struct Capture {
     cfg: Arc<Config>,
     params: ConnParams,
     mapper: FormMapper,
-    writer: mpsc::Sender<Append>,
+    /// Reused for serializing each event; the stored payload is an exact-size
+    /// copy (no growth reallocations, no unused capacity held in the queue).
+    scratch: Vec<u8>,
+    writer: AppendSender,
     durable: watch::Receiver<u64>,
     token: CancellationToken,
     /// the highest position handed to the writer
@@ -155,7 +163,7 @@ impl Capture {
         params: ConnParams,
         mapper: FormMapper,
         committed_schemas: HashMap<String, String>,
-        writer: mpsc::Sender<Append>,
+        writer: AppendSender,
         durable: watch::Receiver<u64>,
         token: CancellationToken,
     ) -> Self {
@@ -164,6 +172,7 @@ impl Capture {
             cfg,
             params,
             mapper,
+            scratch: Vec::new(),
             writer,
             durable,
             token,
@@ -682,9 +691,14 @@ impl Capture {
             return Ok(());
         };
         for ev in events {
-            let payload = serde_json::to_vec(&ev).map_err(|e| {
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, &ev).map_err(|e| {
                 SourceError::Internal(format!("cannot serialize event {}: {e}", ev.id))
             })?;
+            let payload = self.scratch.as_slice().to_vec();
+            if self.scratch.capacity() > SCRATCH_KEEP {
+                self.scratch = Vec::new();
+            }
             t.index += 1;
             t.chunk_bytes += payload.len();
             let key = self.mapper.row_key(&ev);

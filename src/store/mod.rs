@@ -81,6 +81,7 @@
 mod error;
 pub mod history;
 pub mod inspect;
+pub mod queue;
 pub mod replay;
 mod schema;
 #[cfg(test)]
