@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 use crate::source::capture::{heartbeat, Capture};
 use crate::source::setup::{self, CheckLine};
 use crate::source::{ConnParams, SourceError};
-use crate::store::replay::ReplayOutcome;
 use crate::store::queue::AppendReceiver;
+use crate::store::replay::ReplayOutcome;
 use crate::store::{Append, Start, Store, StoreError};
 
 /// Payload bytes queued between capture and the store writer (see

@@ -106,6 +106,7 @@ impl AppendReceiver {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::NewEvent;
