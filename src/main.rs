@@ -300,8 +300,33 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Raises the soft limit on open files to the hard limit. Each request in
+/// flight holds a connection, and `delivery.max_concurrency` may be 1,000 or
+/// more, while many systems start services with a soft limit of 1024 (and a
+/// much higher hard one). Raising the soft limit up to the hard one needs no
+/// privilege; Go's runtime, nginx and others do the same.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
+
 fn main() -> ExitCode {
     tune_allocator();
+    raise_open_files_limit();
     let cli = Cli::parse();
     // `run` logs as its config says ([log]); so the config is read first,
     // and a config error is reported like any other (exit 2).
