@@ -56,7 +56,7 @@ fn defaults() {
     assert_eq!(c.source.publication, DEFAULT_PUBLICATION);
     assert!(c.source.create_slot && c.source.manage_publication);
     assert_eq!(c.source.heartbeat, DEFAULT_HEARTBEAT);
-    assert_eq!(c.source.status_interval.get().as_secs(), 1);
+    assert_eq!(c.source.status_interval.get().as_millis(), 200);
     assert_eq!(c.source.max_connect_attempts, 6);
     assert_eq!(c.store.path, PathBuf::from("./walhook-data"));
     assert_eq!(c.store.retention.get().as_secs(), 7 * 86400);
