@@ -82,7 +82,10 @@ fn commit_us(event: &Value) -> Option<i64> {
     if let Some(us) = source.get("ts_us").and_then(Value::as_i64) {
         return Some(us);
     }
-    source.get("ts_ms").and_then(Value::as_i64).map(|ms| ms * 1000)
+    source
+        .get("ts_ms")
+        .and_then(Value::as_i64)
+        .map(|ms| ms * 1000)
 }
 
 async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
@@ -204,7 +207,10 @@ mod tests {
             rfc3339_utc_us("2026-11-22T04:20:00.123456Z"),
             Some(1_795_321_200_123_456)
         );
-        assert_eq!(rfc3339_utc_us("2000-03-01T00:00:01.5Z"), Some(951_868_801_500_000));
+        assert_eq!(
+            rfc3339_utc_us("2000-03-01T00:00:01.5Z"),
+            Some(951_868_801_500_000)
+        );
         assert_eq!(rfc3339_utc_us("not a time"), None);
     }
 }

@@ -274,12 +274,7 @@ fn jiandaoyun_nonce() -> String {
 }
 
 /// `hex(sha1("{nonce}:{body}:{secret}:{timestamp}"))`, the body as raw bytes.
-pub(crate) fn jiandaoyun_signature(
-    nonce: &str,
-    body: &[u8],
-    secret: &str,
-    timestamp: u64,
-) -> String {
+pub fn jiandaoyun_signature(nonce: &str, body: &[u8], secret: &str, timestamp: u64) -> String {
     let mut sha = Sha1::new();
     sha.update(nonce.as_bytes());
     sha.update(b":");

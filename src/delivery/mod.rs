@@ -61,7 +61,7 @@ use crate::config::{DeliveryConfig, SubscriptionConfig};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredEvent};
 
-pub use auth::{AuthError, AuthSetupError};
+pub use auth::{jiandaoyun_signature, AuthError, AuthSetupError};
 pub use egress::{non_public, BlockedAddress, EgressPolicy};
 pub use http::{build_client, HttpClient, UnsendableError};
 pub use lanes::lane_of;

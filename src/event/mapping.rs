@@ -655,7 +655,7 @@ fn project(plan: &RelationPlan, tuple: &Tuple, present: Present) -> Result<Row, 
         });
     }
     let mut row = Row {
-        values: Map::new(),
+        values: Map::with_capacity(plan.fields.len()),
         toast: Vec::new(),
     };
     for field in &plan.fields {

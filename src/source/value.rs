@@ -418,8 +418,9 @@ fn number(type_oid: u32, text: &str, allow_special: bool) -> Result<Value, Value
     // serde_json writes an exponent with its sign (`1e308` → `1e+308`). Postgres
     // always prints the sign; any other spelling is rejected rather than sent
     // with different characters.
+    // Only an exponent can be respelled, so plain digits skip the check.
     match text.parse::<Number>() {
-        Ok(n) if n.to_string() == text => Ok(Value::Number(n)),
+        Ok(n) if !text.contains(['e', 'E']) || n.to_string() == text => Ok(Value::Number(n)),
         _ => Err(ValueError::Number { type_oid }),
     }
 }
