@@ -563,6 +563,10 @@ impl Capture {
             }
             ReplicationEvent::XLogData { data, .. } => {
                 let msg = pgoutput::decode(&data)?;
+                // The message's values share `data`'s buffer; without this
+                // handle they free it as soon as they are mapped, before the
+                // event is serialized (a 10 MB row is not held twice).
+                drop(data);
                 self.handle_message(msg, tx).await?;
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
@@ -695,10 +699,19 @@ impl Capture {
             serde_json::to_writer(&mut self.scratch, &ev).map_err(|e| {
                 SourceError::Internal(format!("cannot serialize event {}: {e}", ev.id))
             })?;
-            let payload = self.scratch.as_slice().to_vec();
-            if self.scratch.capacity() > SCRATCH_KEEP {
-                self.scratch = Vec::new();
-            }
+            let payload = if self.scratch.len() > SCRATCH_KEEP {
+                // A large event takes the buffer itself rather than a copy;
+                // shrinking a block that large gives the rest back in place.
+                let mut payload = std::mem::take(&mut self.scratch);
+                payload.shrink_to_fit();
+                payload
+            } else {
+                let payload = self.scratch.as_slice().to_vec();
+                if self.scratch.capacity() > SCRATCH_KEEP {
+                    self.scratch = Vec::new();
+                }
+                payload
+            };
             t.index += 1;
             t.chunk_bytes += payload.len();
             let key = self.mapper.row_key(&ev);
